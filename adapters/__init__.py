@@ -1,0 +1,1 @@
+"""Model families (installed as ``xaibench.adapters``): one sub-package per family."""

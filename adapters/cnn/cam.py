@@ -1,0 +1,119 @@
+"""Class-activation-map explainers: a base class that fixes the steps, and GradCAM / HiResCAM.
+
+The base class captures the target layer's output as a gradient leaf, runs one forward,
+and takes one ``torch.autograd.grad`` of Σ_i logit[i, target_i] to that layer: no
+parameter gradients and nothing upstream of the layer is differentiated. A new CAM variant
+overrides :meth:`CAMExplainer.cam` only.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from xaibench.explainers import (
+    Explainer, Target, capture_layer, check_images, find_module, model_guard, resolve_target,
+)
+from xaibench.types import Attribution
+from xaibench import register_explainer
+
+
+def default_cnn_layer(model: nn.Module) -> nn.Module:
+    """The last convolutional stage: timm's last ``feature_info`` module, else the last
+    top-level child that contains a ``Conv2d`` (``layer4`` of a torchvision ResNet)."""
+    info = getattr(model, "feature_info", None)
+    if info is not None:
+        try:
+            name = info[-1]["module"] if isinstance(info, list) else info.module_name()[-1]
+            return model.get_submodule(name)
+        except (AttributeError, KeyError, IndexError, TypeError):
+            pass
+    last = None
+    for child in model.children():
+        if any(isinstance(m, nn.Conv2d) for m in child.modules()):
+            last = child
+    if last is None:
+        raise ValueError("layer: found no convolutional stage in the model; pass layer= (a module or dotted name)")
+    return last
+
+
+class CAMExplainer(Explainer):
+    """Base of CAM methods: ``map = cam(activations, gradients)`` at a layer, upsampled.
+
+    Settings:
+        layer: module or dotted name (default: the last convolutional stage).
+        relu: clamp the map at 0 (default True); ``relu=False`` keeps negative evidence.
+
+    Returns (from :meth:`explain`): a ``pixel`` Attribution (B, H, W) at input resolution,
+    bilinearly upsampled, raw (never min-max scaled); ``extras["layer_map"]`` holds the
+    (B, h, w) map at the layer's resolution and ``extras["target"]`` the explained classes.
+    """
+
+    kind = "pixel"
+    defaults: dict[str, Any] = {"layer": None, "relu": True}
+
+    def cam(self, acts: Tensor, grads: Tensor) -> Tensor:
+        """(B, C, h, w) activations and gradients -> (B, h, w) map."""
+        raise NotImplementedError
+
+    def default_layer(self, model: nn.Module) -> nn.Module:
+        return default_cnn_layer(model)
+
+    def to_spatial(self, t: Tensor, inputs: Tensor) -> Tensor:
+        """Layer output -> (B, C, h, w). CNN layers already are; token models override."""
+        if t.ndim != 4:
+            raise ValueError(f"{self.name}: layer output must be (B, C, h, w), got {tuple(t.shape)}; choose a convolutional layer")
+        return t
+
+    def check_inputs(self, inputs: Tensor) -> None:
+        check_images(inputs, self.name)
+
+    def layer_gradients(self, inputs: Tensor, target: Target) -> tuple[Tensor, Tensor, Tensor]:
+        """(activations, gradients, targets) at the layer, with one autograd.grad call."""
+        layer = self.params["layer"]
+        module = self.default_layer(self.model) if layer is None else find_module(self.model, layer)
+        with model_guard(self.model), capture_layer(module) as store, torch.enable_grad():
+            logits = self.model(inputs)
+            if "act" not in store:
+                raise ValueError(f"{self.name}: layer {layer!r} was not called in the forward pass")
+            t = resolve_target(logits, target)
+            score = logits.gather(1, t[:, None]).sum()
+            (grads,) = torch.autograd.grad(score, store["act"], allow_unused=True)
+            acts = store["act"].detach()
+        if grads is None:
+            warnings.warn(f"{self.name}: the output does not depend on layer {layer!r}; the map is zero", stacklevel=3)
+            grads = torch.zeros_like(acts)
+        return acts, grads, t
+
+    def explain(self, inputs: Tensor, target: Target = None) -> Attribution:
+        self.check_inputs(inputs)
+        acts, grads, t = self.layer_gradients(inputs, target)
+        cam = self.cam(self.to_spatial(acts, inputs), self.to_spatial(grads, inputs))
+        if self.params["relu"]:
+            cam = cam.clamp_min(0)
+        pixel = F.interpolate(cam[:, None], size=inputs.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+        return self._attribution(pixel, layer_map=cam.detach(), target=t)
+
+
+@register_explainer("cnn.gradcam")
+class GradCAM(CAMExplainer):
+    """GradCAM (Selvaraju et al. 2017): channel weights = spatial mean of the gradients.
+
+    On a global-average-pool + linear head the gradient is spatially constant, so GradCAM
+    and HiResCAM coincide at the last stage; they differ at earlier layers or other heads.
+    """
+
+    def cam(self, acts: Tensor, grads: Tensor) -> Tensor:
+        return (grads.mean(dim=(2, 3), keepdim=True) * acts).sum(1)
+
+
+@register_explainer("cnn.hirescam")
+class HiResCAM(CAMExplainer):
+    """HiResCAM (Draelos & Carin 2020): gradients times activations, summed over channels."""
+
+    def cam(self, acts: Tensor, grads: Tensor) -> Tensor:
+        return (grads * acts).sum(1)

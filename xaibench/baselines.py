@@ -1,0 +1,86 @@
+"""Baseline attributions every method must beat: ``random`` and a ``centre`` prior.
+
+A baseline takes an attribution of a real method (for its kind and shape) and the batch,
+and returns an attribution of the same kind, or ``None`` where it does not apply. Each
+sample's baseline depends only on the seed and that sample's id, never on the batch.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .data import sample_rng
+from .registry import BASELINES
+from .types import Attribution, Batch
+
+BaselineFn = Callable[[Attribution, Batch, int], "Attribution | None"]
+
+
+def register_baseline(name: str) -> Callable[[BaselineFn], BaselineFn]:
+    """Decorator registering ``fn(like, batch, seed) -> Attribution | None``."""
+    def deco(fn: BaselineFn) -> BaselineFn:
+        return BASELINES.add(name, fn)
+    return deco
+
+
+def list_baselines(pattern: str | None = None) -> list[str]:
+    return BASELINES.names(pattern)
+
+
+def _ids(batch: Batch) -> list[str]:
+    return batch.ids if batch.ids is not None else [str(i) for i in range(len(batch))]
+
+
+def _rand(shape: tuple[int, ...], seed: int, sid: str) -> Tensor:
+    return torch.from_numpy(sample_rng("baseline.random", seed, sid).random(shape)).float()
+
+
+def _pixel_from_tokens(tok: Tensor, grid: tuple[int, int], size: tuple[int, int]) -> Tensor:
+    return F.interpolate(tok.reshape(-1, 1, *grid), size=size, mode="bilinear", align_corners=False)[:, 0]
+
+
+@register_baseline("random")
+def random_baseline(like: Attribution, batch: Batch, seed: int = 0, grid: int = 7) -> Attribution:
+    """Uniform random scores; for pixel maps, CAM-like (a random ``grid``×``grid`` map upsampled)."""
+    v = like.values
+    extras: dict = {}
+    if like.kind == "pixel":
+        h, w = v.shape[-2:]
+        low = torch.stack([_rand((grid, grid), seed, s) for s in _ids(batch)])
+        values = _pixel_from_tokens(low, (grid, grid), (h, w))
+    else:
+        values = torch.stack([_rand(tuple(v.shape[1:]), seed, s) for s in _ids(batch)])
+        if like.kind == "token":
+            extras["grid"] = like.extras["grid"]
+            if "pixel" in like.extras:
+                extras["pixel"] = _pixel_from_tokens(values, like.extras["grid"], like.extras["pixel"].shape[-2:])
+    return Attribution(values=values, kind=like.kind, method="baseline.random", params={"seed": seed, "grid": grid}, extras=extras)
+
+
+def _gauss(h: int, w: int, sigma: float) -> Tensor:
+    ys = (torch.arange(h, dtype=torch.float32) + 0.5) / h - 0.5
+    xs = (torch.arange(w, dtype=torch.float32) + 0.5) / w - 0.5
+    return torch.exp(-(ys[:, None] ** 2 + xs[None, :] ** 2) / (2 * sigma**2))
+
+
+@register_baseline("centre")
+def centre_baseline(like: Attribution, batch: Batch, seed: int = 0, sigma: float = 0.25) -> Attribution | None:
+    """A centred Gaussian (sigma as a fraction of the image side); only for pixel/token maps."""
+    b = like.batch_size
+    if like.kind == "pixel":
+        h, w = like.values.shape[-2:]
+        return Attribution(values=_gauss(h, w, sigma).expand(b, h, w).clone(), kind="pixel",
+                           method="baseline.centre", params={"sigma": sigma})
+    if like.kind == "token":
+        gh, gw = like.extras["grid"]
+        tok = _gauss(gh, gw, sigma).reshape(1, -1).expand(b, -1).clone()
+        extras = {"grid": (gh, gw)}
+        if "pixel" in like.extras:
+            h, w = like.extras["pixel"].shape[-2:]
+            extras["pixel"] = _gauss(h, w, sigma).expand(b, h, w).clone()
+        return Attribution(values=tok, kind="token", method="baseline.centre", params={"sigma": sigma}, extras=extras)
+    return None

@@ -1,0 +1,118 @@
+"""Dataset and model registration, and the base class of seeded sample-wise generators."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any, Callable, ClassVar, Iterator
+
+import numpy as np
+import torch
+from torch import nn
+
+from .registry import DATASETS, MODELS
+from .types import Batch
+
+
+def register_dataset(name: str) -> Callable[[Any], Any]:
+    """Decorator registering a dataset class (or factory) called with keyword settings."""
+    def deco(obj: Any) -> Any:
+        if isinstance(obj, type):
+            obj.name = name
+        return DATASETS.add(name, obj)
+    return deco
+
+
+def register_model(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    """Decorator registering a model builder ``fn(**params) -> nn.Module``."""
+    def deco(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        return MODELS.add(name, fn)
+    return deco
+
+
+def create_dataset(name: str, **params: Any) -> Any:
+    """Build a registered dataset: an iterable of :class:`~xaibench.Batch`."""
+    return DATASETS.get(name)(**params)
+
+
+def create_model(name: str, **params: Any) -> nn.Module:
+    """Build a registered model with random (seeded where ``seed=`` is accepted) weights."""
+    return MODELS.get(name)(**params)
+
+
+def list_datasets(pattern: str | None = None) -> list[str]:
+    return DATASETS.names(pattern)
+
+
+def list_models(pattern: str | None = None) -> list[str]:
+    return MODELS.names(pattern)
+
+
+def sample_rng(*keys: Any) -> np.random.Generator:
+    """A numpy generator seeded from any tuple of keys (seed, split, index, ...).
+
+    Sample ``i`` of a dataset is drawn from ``sample_rng(seed, split, i)``, so it is the same
+    whatever the batch size, the number of samples or the order of generation.
+    """
+    h = hashlib.blake2b(repr(keys).encode(), digest_size=8).digest()
+    return np.random.default_rng(int.from_bytes(h, "little"))
+
+
+class SampleDataset:
+    """Base of seeded generators that make each sample independently from its index.
+
+    Subclasses implement :meth:`make_sample` (returns a dict of per-sample fields) and
+    may override :meth:`collate`. Settings are constructor keywords; ``get_params()``
+    gives them back for reports.
+
+    Args:
+        n: number of samples.
+        batch_size: samples per :class:`Batch`.
+        seed: base seed; sample i is drawn from ``sample_rng(seed, split, i)``.
+        split: ``"train"``, ``"val"`` or ``"test"`` (different samples for each).
+    """
+
+    name: ClassVar[str] = ""
+    defaults: ClassVar[dict[str, Any]] = {}
+
+    def __init__(self, n: int = 64, batch_size: int = 16, seed: int = 0, split: str = "test", **params: Any):
+        unknown = sorted(set(params) - set(self.defaults))
+        if unknown:
+            raise TypeError(f"{self.name or type(self).__name__}: unknown setting(s) {unknown}; "
+                            f"accepted: {sorted(['n', 'batch_size', 'seed', 'split', *self.defaults])}")
+        if n < 1 or batch_size < 1:
+            raise ValueError(f"{self.name}: n and batch_size must be >= 1, got n={n}, batch_size={batch_size}")
+        self.n, self.batch_size, self.seed, self.split = int(n), int(batch_size), int(seed), str(split)
+        self.params = {**self.defaults, **params}
+
+    def get_params(self) -> dict[str, Any]:
+        return {"n": self.n, "batch_size": self.batch_size, "seed": self.seed, "split": self.split, **self.params}
+
+    def make_sample(self, rng: np.random.Generator, index: int) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def sample(self, index: int) -> dict[str, Any]:
+        return self.make_sample(sample_rng(self.name, self.seed, self.split, index), index)
+
+    def collate(self, samples: list[dict[str, Any]]) -> Batch:
+        fields: dict[str, Any] = {}
+        for key in ("inputs", "targets", "masks", "instance_labels"):
+            if key in samples[0] and samples[0][key] is not None:
+                fields[key] = torch.stack([torch.as_tensor(s[key]) for s in samples])
+        for key in ("boxes", "polygons", "ids"):
+            if key in samples[0]:
+                fields[key] = [s[key] for s in samples]
+        meta_keys = [k for k in samples[0] if k not in ("inputs", "targets", "masks", "instance_labels", "boxes", "polygons", "ids")]
+        fields["meta"] = {k: [s[k] for s in samples] for k in meta_keys}
+        return Batch(**fields)
+
+    def __len__(self) -> int:
+        return (self.n + self.batch_size - 1) // self.batch_size
+
+    def __iter__(self) -> Iterator[Batch]:
+        for start in range(0, self.n, self.batch_size):
+            idx = range(start, min(self.n, start + self.batch_size))
+            yield self.collate([self.sample(i) for i in idx])
+
+    def all(self) -> Batch:
+        """Every sample in one batch."""
+        return self.collate([self.sample(i) for i in range(self.n)])

@@ -1,0 +1,257 @@
+"""The explainer contract: base class, registration and the model-safety helpers.
+
+An explainer is built with the model and its settings and then called::
+
+    explainer = xaibench.create_explainer("cnn.gradcam", model, layer="layer4")
+    attr = explainer.explain(images, target)        # -> Attribution
+
+Every explainer leaves the caller's model exactly as it found it (hooks, ``requires_grad``,
+train/eval mode, in-place flags): use :func:`model_guard` and :func:`capture_layer`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar, Iterator
+
+import torch
+from torch import Tensor, nn
+
+from .registry import EXPLAINERS
+from .types import KINDS, Attribution, Batch
+
+Target = int | Tensor | None
+
+
+@dataclass(frozen=True)
+class ExplainerInfo:
+    """Metadata of a registered explainer: key, family, output kind, one-line summary."""
+
+    name: str
+    family: str
+    kind: str
+    summary: str
+    fixture: str
+
+
+class Explainer:
+    """Base of every explainer. Subclasses set ``kind`` and implement :meth:`explain`.
+
+    Settings are constructor keywords, stored in ``self.params`` so that
+    :meth:`get_params` gives a reproducible record for reports. Unknown settings raise
+    ``TypeError`` naming the accepted ones.
+
+    Args:
+        model: the model to explain; never modified.
+        **params: the explainer's settings (see the subclass).
+    """
+
+    name: ClassVar[str] = ""
+    kind: ClassVar[str] = "pixel"
+    #: settings and their defaults; subclasses extend this dict
+    defaults: ClassVar[dict[str, Any]] = {}
+
+    def __init__(self, model: nn.Module, **params: Any) -> None:
+        unknown = sorted(set(params) - set(self.defaults))
+        if unknown:
+            raise TypeError(
+                f"{self.name or type(self).__name__}: unknown setting(s) {unknown}; "
+                f"accepted: {sorted(self.defaults)}"
+            )
+        self.model = model
+        self.params: dict[str, Any] = {**self.defaults, **params}
+
+    def get_params(self) -> dict[str, Any]:
+        """The settings this explainer runs with (defaults filled in)."""
+        return dict(self.params)
+
+    def explain(self, inputs: Tensor, target: Target = None) -> Attribution:
+        """Explain ``inputs`` for ``target`` (int, (B,) tensor, or None = predicted class)."""
+        raise NotImplementedError
+
+    def explain_batch(self, batch: "Batch", target: Target = None) -> Attribution:
+        """Explain a whole :class:`Batch` (the runner calls this). The default explains
+        ``batch.inputs`` for ``target``; explainers that need more of the batch (query
+        events, ground truth for a selection) override it."""
+        return self.explain(batch.inputs, target)
+
+    def __call__(self, inputs: Tensor, target: Target = None) -> Attribution:
+        return self.explain(inputs, target)
+
+    def _attribution(self, values: Tensor, **extras: Any) -> Attribution:
+        params = {k: (v if isinstance(v, (int, float, str, bool, type(None), tuple, list)) else repr(v))
+                  for k, v in self.params.items()}
+        return Attribution(values=values.detach(), kind=self.kind, method=self.name,
+                           params=params, extras=extras)
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.params.items())
+        return f"{type(self).__name__}({args})"
+
+
+def register_explainer(name: str, *, fixture: str | None = None) -> Callable[[type], type]:
+    """Class decorator registering an :class:`Explainer` subclass under ``family.method``.
+
+    Args:
+        name: registry key ``family.method`` (``cnn.hirescam``).
+        fixture: the contract-test fixture to run it on (default: its family).
+
+    Raises:
+        ValueError: the key is malformed or taken, or the class declares an unknown kind.
+    """
+    if name.count(".") != 1:
+        raise ValueError(f"register_explainer: key must be 'family.method', got {name!r}")
+
+    def deco(cls: type) -> type:
+        if not (isinstance(cls, type) and issubclass(cls, Explainer)):
+            raise TypeError(f"register_explainer({name!r}): expected an Explainer subclass, got {cls!r}")
+        if cls.kind not in KINDS:
+            raise ValueError(f"register_explainer({name!r}): kind {cls.kind!r} not in {KINDS}")
+        cls.name = name
+        doc = inspect.getdoc(cls) or ""
+        family = name.split(".")[0]
+        info = ExplainerInfo(name, family, cls.kind, doc.split("\n")[0], fixture or family)
+        EXPLAINERS.add(name, cls, info)
+        return cls
+
+    return deco
+
+
+# ----------------------------------------------------------------------------- model safety
+
+@contextlib.contextmanager
+def model_guard(model: nn.Module, *, eval_mode: bool = True, freeze: bool = True) -> Iterator[nn.Module]:
+    """Run with the model in eval mode and its parameters frozen; restore both afterwards.
+
+    Freezing parameters means a backward pass computes only the gradients an explainer
+    asks for (no parameter gradients). Train/eval flags are restored module by module,
+    ``requires_grad`` parameter by parameter, even when the body raises.
+    """
+    modes = [(m, m.training) for m in model.modules()]
+    grads = [(p, p.requires_grad) for p in model.parameters()]
+    try:
+        if eval_mode:
+            model.eval()
+        if freeze:
+            for p, _ in grads:
+                p.requires_grad_(False)
+        yield model
+    finally:
+        for p, rg in grads:
+            p.requires_grad_(rg)
+        for m, tr in modes:
+            m.training = tr
+
+
+def find_module(model: nn.Module, layer: str | nn.Module) -> nn.Module:
+    """Resolve ``layer`` (a module of ``model`` or a dotted name like ``"layer4.1"``).
+
+    Raises:
+        ValueError: the name does not exist or the module is not part of the model.
+    """
+    if isinstance(layer, nn.Module):
+        if not any(m is layer for m in model.modules()):
+            raise ValueError("layer: the given module is not part of the model")
+        return layer
+    try:
+        return model.get_submodule(layer)
+    except AttributeError:
+        import difflib
+        names = [n for n, _ in model.named_modules() if n]
+        close = difflib.get_close_matches(layer, names, n=5, cutoff=0.4)
+        raise ValueError(
+            f"layer: model has no submodule {layer!r}"
+            + (f"; close: {close}" if close else f"; e.g. {names[-5:]}")
+        ) from None
+
+
+@contextlib.contextmanager
+def capture_layer(module: nn.Module) -> Iterator[dict[str, Tensor]]:
+    """Capture a module's output as a gradient leaf for one forward pass.
+
+    Inside the block, a forward of the model stores the module's output in
+    ``store["act"]``, detached from everything before it and requiring grad, so that
+    ``torch.autograd.grad(score, store["act"])`` computes only the layer's gradient:
+    nothing upstream of the layer is differentiated. The hook is removed on exit.
+    """
+    store: dict[str, Tensor] = {}
+
+    def hook(_m: nn.Module, _inp: Any, out: Tensor) -> Tensor:
+        if not isinstance(out, Tensor):
+            raise ValueError(f"capture_layer: layer output must be a Tensor, got {type(out).__name__}")
+        leaf = out.detach().requires_grad_(True)
+        store["act"] = leaf
+        return leaf.clone()  # a non-leaf view, so in-place ops downstream stay legal
+
+    handle = module.register_forward_hook(hook)
+    try:
+        yield store
+    finally:
+        handle.remove()
+
+
+def resolve_target(logits: Tensor, target: Target) -> Tensor:
+    """Turn ``target`` into a (B,) long tensor of class indices.
+
+    Args:
+        logits: (B, K) model outputs.
+        target: None (predicted class), an int (same class for all), or (B,) tensor.
+
+    Raises:
+        ValueError: wrong shape, or a class index outside [0, K).
+    """
+    b, k = logits.shape[0], logits.shape[-1]
+    if target is None:
+        t = logits.argmax(-1)
+    elif isinstance(target, int):
+        t = torch.full((b,), target, dtype=torch.long, device=logits.device)
+    else:
+        t = torch.as_tensor(target, device=logits.device).long().reshape(-1)
+        if t.numel() == 1 and b != 1:
+            t = t.expand(b)
+        if t.shape[0] != b:
+            raise ValueError(f"target: expected an int or a ({b},) tensor, got shape {tuple(torch.as_tensor(target).shape)}")
+    if t.numel() and (int(t.min()) < 0 or int(t.max()) >= k):
+        raise ValueError(f"target: class indices must lie in [0, {k}), got {t.tolist()}")
+    return t
+
+
+def check_images(inputs: Tensor, who: str) -> None:
+    """Raise ``ValueError`` unless ``inputs`` is a (B, C, H, W) floating tensor."""
+    if not isinstance(inputs, Tensor):
+        raise ValueError(f"{who}: expected inputs as a torch.Tensor (B, C, H, W), got {type(inputs).__name__}")
+    if inputs.ndim != 4:
+        raise ValueError(
+            f"{who}: expected inputs (B, C, H, W), got shape {tuple(inputs.shape)}; "
+            "add a batch dimension with inputs.unsqueeze(0)"
+        )
+    if not inputs.is_floating_point():
+        raise ValueError(f"{who}: expected floating-point inputs, got {inputs.dtype}")
+
+
+def hook_count(model: nn.Module) -> int:
+    """Number of hooks registered on any module of ``model`` (for leak checks)."""
+    n = 0
+    for m in model.modules():
+        for attr in ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks",
+                     "_backward_pre_hooks", "_state_dict_hooks", "_load_state_dict_pre_hooks"):
+            n += len(getattr(m, attr, {}) or {})
+    return n
+
+
+def model_fingerprint(model: nn.Module) -> dict[str, Any]:
+    """Everything an explainer must leave unchanged: modes, grad flags, hooks, in-place and
+    fused-attention switches, and a parameter checksum."""
+    with torch.no_grad():
+        checksum = float(sum(p.double().sum() for p in model.parameters())) if any(True for _ in model.parameters()) else 0.0
+    return {
+        "training": [m.training for m in model.modules()],
+        "requires_grad": [p.requires_grad for p in model.parameters()],
+        "hooks": hook_count(model),
+        "inplace": [getattr(m, "inplace", None) for m in model.modules()],
+        "fused_attn": [getattr(m, "fused_attn", None) for m in model.modules()],
+        "types": [type(m).__name__ for m in model.modules()],
+        "params": checksum,
+    }

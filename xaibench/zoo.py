@@ -1,0 +1,197 @@
+"""The model zoo: small reference models trained reproducibly from a seed and saved as safetensors.
+
+A family registers a :class:`ZooEntry` naming its model builder, how to train it and where
+its weights live (package data next to the family, so a wheel carries them)::
+
+    register_zoo(ZooEntry(name="lesion_cnn", model="cnn.timm", model_params={...},
+                          train=train_lesion_cnn, weights_dir=Path(__file__).parent / "weights"))
+
+``xaibench zoo train lesion_cnn`` retrains it (same seed, same weights) and writes a card
+(JSON: accuracy, seed, settings, versions); ``xaibench.zoo.load("lesion_cnn")`` loads it.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from .data import create_model
+from .registry import ZOO
+
+TrainFn = Callable[["ZooEntry", nn.Module, int], dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class ZooEntry:
+    """A reference model of the zoo.
+
+    Args:
+        name: zoo key (``lesion_cnn``).
+        model: registry name of the model builder.
+        model_params: keyword settings for the builder.
+        train: ``train(entry, model, seed) -> card metrics`` trains ``model`` in place.
+        weights_dir: folder holding ``<name>.safetensors`` and ``<name>.json``.
+        seed: the seed the committed weights were trained with.
+        dataset: the dataset it is trained on (for reports).
+        description: one line for ``xaibench zoo list``.
+    """
+
+    name: str
+    model: str
+    model_params: dict[str, Any]
+    train: TrainFn
+    weights_dir: Path
+    seed: int = 0
+    dataset: str = ""
+    description: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def weights_path(self) -> Path:
+        return Path(self.weights_dir) / f"{self.name}.safetensors"
+
+    @property
+    def card_path(self) -> Path:
+        return Path(self.weights_dir) / f"{self.name}.json"
+
+    def card(self) -> dict[str, Any]:
+        return json.loads(self.card_path.read_text()) if self.card_path.exists() else {}
+
+
+def register_zoo(entry: ZooEntry) -> ZooEntry:
+    """Register a zoo entry (a duplicate name raises)."""
+    return ZOO.add(entry.name, entry, entry)
+
+
+def list_zoo(pattern: str | None = None) -> list[str]:
+    return ZOO.names(pattern)
+
+
+def get_entry(name: str) -> ZooEntry:
+    return ZOO.get(name)
+
+
+def build(name: str) -> nn.Module:
+    """The zoo model with fresh (seeded) random weights."""
+    entry = get_entry(name)
+    torch.manual_seed(entry.seed)
+    return create_model(entry.model, **entry.model_params)
+
+
+def load(name: str, weights: str | Path | None = None) -> nn.Module:
+    """The zoo model with its committed (or the given) weights, in eval mode.
+
+    Raises:
+        FileNotFoundError: no weights yet; the message says how to train them.
+    """
+    from safetensors.torch import load_file
+
+    entry = get_entry(name)
+    path = Path(weights) if weights else entry.weights_path
+    if not path.exists():
+        raise FileNotFoundError(f"zoo model {name!r} has no weights at {path}; train them with `xaibench zoo train {name}`")
+    model = build(name)
+    state = load_file(str(path))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise RuntimeError(f"zoo model {name!r}: weights at {path} do not fit the model "
+                           f"(missing {missing[:5]}, unexpected {unexpected[:5]})")
+    return model.eval()
+
+
+def train(name: str, seed: int | None = None, out_dir: str | Path | None = None) -> dict[str, Any]:
+    """Train a zoo model from its seed and save weights + card. Returns the card."""
+    from safetensors.torch import save_file
+
+    entry = get_entry(name)
+    seed = entry.seed if seed is None else int(seed)
+    torch.manual_seed(seed)
+    model = create_model(entry.model, **entry.model_params)
+    t0 = time.perf_counter()
+    metrics = entry.train(entry, model, seed)
+    seconds = time.perf_counter() - t0
+    out = Path(out_dir) if out_dir else Path(entry.weights_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    tmp = out / f".{name}.safetensors.tmp"
+    save_file(state, str(tmp))
+    tmp.replace(out / f"{name}.safetensors")
+    card = {
+        "name": name, "model": entry.model, "model_params": entry.model_params, "dataset": entry.dataset,
+        "seed": seed, "metrics": metrics, "train_seconds": round(seconds, 1),
+        "torch": torch.__version__, "python": platform.python_version(),
+        "n_parameters": sum(p.numel() for p in model.parameters()),
+    }
+    (out / f"{name}.json").write_text(json.dumps(card, indent=2, sort_keys=True, default=str) + "\n")
+    return card
+
+
+def train_classifier(
+    model: nn.Module,
+    train_batches: Callable[[int], Any],
+    val_batches: Any,
+    *,
+    epochs: int,
+    lr: float = 3e-3,
+    weight_decay: float = 1e-4,
+    seed: int = 0,
+    desc: str = "train",
+    augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
+) -> dict[str, Any]:
+    """Train a classifier with AdamW + cosine schedule, deterministically from ``seed``.
+
+    Args:
+        train_batches: ``epoch -> iterable of Batch`` (a fresh shuffle per epoch is the caller's).
+        val_batches: iterable of Batch for the reported accuracy.
+
+    Returns:
+        ``{"train_accuracy", "val_accuracy", "epochs"}``.
+    """
+    from .progress import progress_bar
+
+    g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=weight_decay)
+    n_steps = epochs * max(1, len(list(train_batches(0))))
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=n_steps, pct_start=0.15)
+    loss_fn = nn.CrossEntropyLoss()
+    correct = total = 0
+    with progress_bar(total=n_steps, desc=desc) as advance:
+        for ep in range(epochs):
+            model.train()
+            correct = total = 0
+            for batch in train_batches(ep):
+                x = batch.inputs
+                if augment is not None:
+                    x = augment(x, g)
+                logits = model(x)
+                loss = loss_fn(logits, batch.targets)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                correct += int((logits.argmax(1) == batch.targets).sum())
+                total += len(batch)
+                advance(1)
+    model.eval()
+    return {"train_accuracy": correct / max(total, 1), "val_accuracy": evaluate_accuracy(model, val_batches), "epochs": epochs}
+
+
+@torch.no_grad()
+def evaluate_accuracy(model: nn.Module, batches: Any) -> float:
+    """Share of correctly classified samples over an iterable of Batch."""
+    was = model.training
+    model.eval()
+    correct = total = 0
+    for batch in batches:
+        correct += int((model(batch.inputs).argmax(1) == batch.targets).sum())
+        total += len(batch)
+    model.train(was)
+    return correct / max(total, 1)
