@@ -34,11 +34,16 @@ def register_metric(
     range: tuple[float, float] = (0.0, 1.0),
     undefined: str = "undefined",
     contract_skip: dict[str, str] | None = None,
+    example: Callable[[], Any] | None = None,
 ) -> Callable[[MetricFn], MetricFn]:
     """Decorator registering a metric function with its metadata (see :class:`MetricInfo`).
 
     Args:
         undefined: the reason recorded for a NaN score when the function returns a plain tensor.
+        contract_skip: contract checks that do not apply (``perfect``, ``empty``, ``composition``,
+            ``range``), each mapped to the reason.
+        example: ``fn() -> xaibench.testing.MetricExample`` for the contract suite, when the
+            generic example built from ``kinds`` and ``needs`` does not fit the metric.
 
     Raises:
         ValueError: bad direction or kind, or the name is taken.
@@ -50,7 +55,7 @@ def register_metric(
         raise ValueError(f"register_metric({name!r}): unknown kinds {bad}; expected some of {KINDS}")
     info = MetricInfo(name=name, direction=direction, category=category, kinds=tuple(kinds),
                       needs=tuple(needs), needs_model=needs_model, range=range,
-                      contract_skip=dict(contract_skip or {}))
+                      contract_skip=dict(contract_skip or {}), example=example)
 
     def deco(fn: MetricFn) -> MetricFn:
         fn.__xaibench_undefined__ = undefined  # type: ignore[attr-defined]

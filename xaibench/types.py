@@ -194,6 +194,8 @@ class MetricInfo:
         needs_model: the metric calls the model (faithfulness); the runner passes ``model=``.
         range: the (low, high) the score can take, for plots and checks.
         contract_skip: contract checks that do not apply, mapped to the reason.
+        example: optional ``fn() -> MetricExample`` giving the contract suite a batch and a
+            perfect attribution when the generic ones (built from ``kinds`` and ``needs``) do not fit.
     """
 
     name: str
@@ -204,6 +206,7 @@ class MetricInfo:
     needs_model: bool = False
     range: tuple[float, float] = (0.0, 1.0)
     contract_skip: dict[str, str] = field(default_factory=dict)
+    example: Any = None
 
     def better(self, a: float, b: float) -> bool:
         """True when score ``a`` is better than ``b`` in this metric's direction."""
