@@ -1,0 +1,225 @@
+"""Report figures and the figure registry families extend.
+
+A figure function takes the run folder and the results and summary tables, writes PNGs
+(normally under ``run_dir / "figures"``) and returns ``[(title, path), ...]``;
+``report.html`` embeds every figure of every registered function, ``report.md`` links
+them. Register one from a family package (it is found after ``xaibench.load_plugins()``)::
+
+    from xaibench.report.figures import register_figure, load_examples, figure_path
+
+    @register_figure("fcm_projections")
+    def fcm_projections(run_dir, results, summary):
+        shown = [ex for ex in load_examples(run_dir) if ex["kind"] == "event_vector"]
+        if not shown:
+            return []                      # nothing to draw: adds nothing to the report
+        fig = new_figure(6, 4)
+        ...                                # draw with matplotlib's object API
+        return [("FCM: gradient vectors", save(fig, figure_path(run_dir, "fcm_projections")))]
+
+A function that raises does not stop the report: the error appears in report.html as a
+warning box and is raised as a ``warnings.warn``.
+
+Example maps: the runner saves the first few samples of every cell to
+``run_dir/examples/<cell>.pt``, a dict with ``study, dataset, model, explainer,
+explainer_key, is_baseline, kind, values`` (first-k attribution values), ``extras``
+(small per-sample tensors such as ``pixel``, and ``grid``), ``inputs``, ``masks``,
+``targets`` (or None) and ``ids``. :func:`load_examples` reads them all.
+"""
+
+from __future__ import annotations
+
+import math
+import traceback
+import warnings
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ..registry import Registry
+
+FigureFn = Callable[[Path, pd.DataFrame, pd.DataFrame], "list[tuple[str, Path]]"]
+FIGURES: Registry[Any] = Registry("figure")
+#: Built-in figures come first in the report, in this order; the others follow by name.
+BUILTIN_ORDER = ("ci_plot", "overlays")
+
+
+def register_figure(name: str) -> Callable[[FigureFn], FigureFn]:
+    """Decorator registering ``fn(run_dir, results, summary) -> [(title, png_path), ...]``.
+
+    Raises:
+        ValueError: ``name`` is already registered.
+    """
+    def deco(fn: FigureFn) -> FigureFn:
+        return FIGURES.add(name, fn)
+    return deco
+
+
+def list_figures() -> list[str]:
+    names = FIGURES.names()
+    return [n for n in BUILTIN_ORDER if n in names] + [n for n in names if n not in BUILTIN_ORDER]
+
+
+def load_examples(run_dir: str | Path) -> list[dict[str, Any]]:
+    """Every saved example dict of a run, in file-name order (see the module docstring)."""
+    folder = Path(run_dir) / "examples"
+    if not folder.is_dir():
+        return []
+    return [torch.load(p, map_location="cpu", weights_only=False) for p in sorted(folder.glob("*.pt"))]
+
+
+def figure_path(run_dir: str | Path, name: str) -> Path:
+    """``run_dir/figures/<name>.png`` (the folder is created)."""
+    folder = Path(run_dir) / "figures"
+    folder.mkdir(parents=True, exist_ok=True)
+    safe = "".join(ch if ch.isalnum() or ch in "._@-" else "_" for ch in name)
+    return folder / f"{safe}.png"
+
+
+def new_figure(width: float, height: float) -> Any:
+    """A matplotlib Figure not tied to pyplot (no global state, no display backend)."""
+    from matplotlib.figure import Figure
+    return Figure(figsize=(width, height), layout="constrained")
+
+
+def save(fig: Any, path: Path, dpi: int = 100) -> Path:
+    """Save a figure as PNG without software metadata; returns the path."""
+    fig.savefig(path, dpi=dpi, metadata={"Software": None})
+    return path
+
+
+def run_figures(run_dir: Path, results: pd.DataFrame, summary: pd.DataFrame
+                ) -> tuple[list[tuple[str, str, Path]], list[tuple[str, str]]]:
+    """Call every registered figure function.
+
+    Returns:
+        ``figures`` as (function name, title, png path) and ``errors`` as (function name,
+        message) for the functions that raised (each also warned about).
+    """
+    from ..registry import load_plugins
+    load_plugins()
+    figs, errors = [], []
+    for name in list_figures():
+        try:
+            for title, path in FIGURES.get(name)(Path(run_dir), results, summary) or []:
+                figs.append((name, str(title), Path(path)))
+        except Exception as exc:
+            msg = f"{type(exc).__name__}: {exc}"
+            warnings.warn(f"report figure {name!r} failed: {msg}", stacklevel=2)
+            errors.append((name, msg + "\n" + traceback.format_exc(limit=3)))
+    return figs, errors
+
+
+# ----------------------------------------------------------------------------- built-ins
+
+@register_figure("ci_plot")
+def ci_plot(run_dir: Path, results: pd.DataFrame, summary: pd.DataFrame) -> list[tuple[str, Path]]:
+    """Per study: mean and 95% CI of every method per metric (one panel per metric)."""
+    out = []
+    for study, s in summary.groupby("study", sort=False):
+        metrics = list(dict.fromkeys(s["metric"]))
+        methods = list(dict.fromkeys(s.loc[~s["is_baseline"], "explainer"])) + \
+            list(dict.fromkeys(s.loc[s["is_baseline"], "explainer"]))
+        rows = list(dict.fromkeys(zip(s["dataset"], s["model"])))
+        ncol = min(3, len(metrics))
+        nrow = math.ceil(len(metrics) / ncol)
+        fig = new_figure(4.2 * ncol, 0.35 * len(methods) * max(1, len(rows)) ** 0.5 * nrow + 1.4 * nrow)
+        axes = np.atleast_1d(fig.subplots(nrow, ncol, squeeze=False)).ravel()
+        colors = [f"C{i % 10}" for i in range(len(rows))]
+        for ax, metric in zip(axes, metrics):
+            g = s[s["metric"] == metric]
+            for ri, row in enumerate(rows):
+                off = (ri - (len(rows) - 1) / 2) * 0.6 / max(len(rows), 1)
+                for mi, meth in enumerate(methods):
+                    v = g[(g["dataset"] == row[0]) & (g["model"] == row[1]) & (g["explainer"] == meth)]
+                    if v.empty or not np.isfinite(v["mean"].iloc[0]):
+                        continue
+                    m, lo, hi = (float(v[c].iloc[0]) for c in ("mean", "ci_low", "ci_high"))
+                    base = bool(v["is_baseline"].iloc[0])
+                    ax.errorbar([m], [mi + off], xerr=[[m - lo], [hi - m]], fmt="s" if base else "o",
+                                color="grey" if base and len(rows) == 1 else colors[ri], mfc="white" if base else None,
+                                capsize=2, label=f"{row[0]} / {row[1]}" if mi == 0 else None)
+            ax.set_yticks(range(len(methods)), methods, fontsize=8)
+            ax.invert_yaxis()
+            arrow = "→ better" if g["direction"].iloc[0] == "higher" else "← better"
+            ax.set_title(f"{metric} ({arrow})", fontsize=9)
+            ax.grid(axis="x", alpha=0.3)
+        for ax in axes[len(metrics):]:
+            ax.set_visible(False)
+        if len(rows) > 1:
+            axes[0].legend(fontsize=7, loc="best")
+        fig.suptitle(f"{study}: mean and 95% bootstrap CI (open squares: baselines)", fontsize=10)
+        out.append((f"{study}: scores with 95% CIs", save(fig, figure_path(run_dir, f"ci_{study}"))))
+    return out
+
+
+def _image(x: torch.Tensor) -> np.ndarray | None:
+    """(C, H, W) input -> displayable (H, W[, 3]) in [0, 1] (display scaling only), or None."""
+    if x is None or x.ndim != 3 or x.shape[0] not in (1, 3):
+        return None
+    a = x.float().numpy()
+    a = (a - a.min()) / (a.max() - a.min() + 1e-12)
+    return a[0] if a.shape[0] == 1 else a.transpose(1, 2, 0)
+
+
+def _pixel(ex: dict[str, Any]) -> torch.Tensor | None:
+    if ex.get("kind") == "pixel" and ex.get("values") is not None:
+        return ex["values"]
+    px = (ex.get("extras") or {}).get("pixel")
+    return px if isinstance(px, torch.Tensor) and px.ndim == 3 else None
+
+
+def overlay(ax: Any, image: np.ndarray, heat: np.ndarray | None, mask: np.ndarray | None = None) -> None:
+    """Draw an image, a map over it (min-max scaled for display only) and the mask outline."""
+    ax.imshow(image, cmap="gray" if image.ndim == 2 else None, interpolation="nearest")
+    if heat is not None:
+        h = heat.astype(np.float64)
+        h = (h - h.min()) / (h.max() - h.min() + 1e-12)
+        ax.imshow(h, cmap="jet", alpha=0.45, interpolation="bilinear",
+                  extent=(-0.5, image.shape[1] - 0.5, image.shape[0] - 0.5, -0.5))
+    if mask is not None and mask.any():
+        ax.contour(mask.astype(float), levels=[0.5], colors="white", linewidths=0.8)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+@register_figure("overlays")
+def overlays(run_dir: Path, results: pd.DataFrame, summary: pd.DataFrame, n: int = 4) -> list[tuple[str, Path]]:
+    """Per (study, dataset, model): the first samples with each method's map overlaid.
+
+    Inputs that are not images (event sets, bags) and attributions without a pixel map
+    are skipped."""
+    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+    for ex in load_examples(run_dir):
+        groups.setdefault((ex["study"], ex["dataset"], ex["model"]), []).append(ex)
+    order = list(dict.fromkeys(zip(summary["study"], summary["dataset"], summary["model"])))
+    method_order = {m: i for i, m in enumerate(dict.fromkeys(summary["explainer"]))}
+    out = []
+    for key in [k for k in order if k in groups]:
+        exs = [e for e in groups[key] if _pixel(e) is not None and e.get("inputs") is not None
+               and _image(e["inputs"][0]) is not None]
+        exs.sort(key=lambda e: (e.get("is_baseline", False), method_order.get(e["explainer"], 1e9)))
+        if not exs:
+            continue
+        k = min(n, exs[0]["inputs"].shape[0])
+        fig = new_figure(1.5 * (len(exs) + 1), 1.55 * k + 0.4)
+        axes = fig.subplots(k, len(exs) + 1, squeeze=False)
+        for i in range(k):
+            img = _image(exs[0]["inputs"][i])
+            masks = exs[0].get("masks")
+            mask = masks[i].numpy() if isinstance(masks, torch.Tensor) and masks.ndim == 3 else None
+            overlay(axes[i, 0], img, None, mask)
+            axes[i, 0].set_ylabel((exs[0].get("ids") or [str(i)] * k)[i].split("/")[-1], fontsize=7)
+            for j, ex in enumerate(exs, start=1):
+                px = _pixel(ex)
+                heat = px[i].float().numpy() if i < px.shape[0] else None
+                overlay(axes[i, j], img, heat, mask)
+                if i == 0:
+                    axes[i, j].set_title(ex["explainer"], fontsize=7)
+        axes[0, 0].set_title("input (mask outline)", fontsize=7)
+        fig.suptitle(f"{key[0]}: {key[1]} / {key[2]} (maps min-max scaled for display only)", fontsize=9)
+        out.append((f"{key[0]}: example maps on {key[1]} / {key[2]}",
+                    save(fig, figure_path(run_dir, f"overlays_{key[0]}_{key[1]}_{key[2]}"))))
+    return out

@@ -1,0 +1,100 @@
+"""``report.md``: the comparison tables, protocols, counts, timings and figure links."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from .tables import (ComparisonTable, comparison_tables, counts_table, fmt, protocol_text, protocols,
+                     seconds_table)
+
+LEGEND = ("**bold** = best in the row for that metric (ties share it), <u>underlined</u> = second; "
+          "† = a method that does not beat the best baseline (random or centre prior) on that metric. "
+          "Cells: mean [95% bootstrap CI].")
+
+
+def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    esc = lambda s: str(s).replace("|", "\\|")  # noqa: E731
+    out = ["| " + " | ".join(esc(h) for h in header) + " |", "|" + "---|" * len(header)]
+    out += ["| " + " | ".join(esc(c) for c in r) + " |" for r in rows]
+    return out
+
+
+def _frame(df: pd.DataFrame, digits: int = 2) -> list[str]:
+    rows = [[fmt(v, digits) if isinstance(v, float) else str(v) for v in r] for r in df.itertuples(index=False)]
+    return _md_table([str(c) for c in df.columns], rows)
+
+
+def comparison_md(t: ComparisonTable) -> list[str]:
+    header = ["dataset", "model"] + [f"{m}: {meth}" for m in t.metrics for meth in t.methods]
+    rows = []
+    for row in t.rows:
+        cells = list(row)
+        for metric in t.metrics:
+            for meth in t.methods:
+                v = t.get(row, metric, meth)
+                if v is None:
+                    cells.append("")
+                    continue
+                s = v.text()
+                if v.mark == "best":
+                    s = f"**{s}**"
+                elif v.mark == "second":
+                    s = f"<u>{s}</u>"
+                if v.below_baseline:
+                    s += " †"
+                cells.append(s)
+        rows.append(cells)
+    return _md_table(header, rows)
+
+
+def render_markdown(run_dir: Path, meta: dict[str, Any], summary: pd.DataFrame, skipped: pd.DataFrame,
+                    paired: pd.DataFrame, figures: list[tuple[str, str, Path]], errors: list[tuple[str, str]],
+                    cells: pd.DataFrame) -> str:
+    """The whole markdown report as a string."""
+    lines = [f"# xaibench report: {meta.get('name', run_dir.name)}", ""]
+    if meta.get("description"):
+        lines += [str(meta["description"]), ""]
+    lines += _run_facts(meta, cells)
+    for t in comparison_tables(summary):
+        lines += ["", f"## Study `{t.study}`", "", LEGEND, ""]
+        lines += comparison_md(t)
+        lines += ["", "Protocols (how each metric was measured):", ""]
+        for p in protocols(summary[summary["study"] == t.study]):
+            lines.append(f"- `{p['metric']}` = `{p['metric_key']}` ({p['category']}, {p['direction']} is better): "
+                         f"{protocol_text(p['protocol'])}")
+    if not summary.empty:
+        lines += ["", "## Samples per cell: n scored (n undefined)", ""] + _frame(counts_table(summary))
+        lines += ["", "## Seconds per sample (ms, explain time / batch size)", ""] + _frame(seconds_table(summary))
+    if not paired.empty:
+        lines += ["", "## Methods against the best baseline (paired by sample)", "",
+                  "diff > 0 means the method is better; sign-flip permutation p-value.", ""]
+        p = paired.copy()
+        p["diff [CI]"] = [f"{fmt(d)} [{fmt(lo)}, {fmt(hi)}]" for d, lo, hi in zip(p["diff"], p["ci_low"], p["ci_high"])]
+        lines += _frame(p[["study", "dataset", "model", "metric", "explainer", "baseline", "diff [CI]", "p_value", "n"]], 3)
+    if not skipped.empty:
+        lines += ["", "## Metrics skipped (not applicable)", ""] + _frame(skipped.drop(columns=["metric_key"]))
+    if figures or errors:
+        lines += ["", "## Figures", ""]
+        for _, title, path in figures:
+            lines += [f"### {title}", "", f"![{title}]({Path(os.path.relpath(path, run_dir)).as_posix()})", ""]
+        for name, msg in errors:
+            lines += [f"> **Warning:** figure `{name}` failed: {msg.splitlines()[0]}", ""]
+    return "\n".join(lines) + "\n"
+
+
+def _run_facts(meta: dict[str, Any], cells: pd.DataFrame) -> list[str]:
+    v = meta.get("versions", {})
+    done = int((cells["status"] == "done").sum()) if not cells.empty else 0
+    lines = [f"- config hash `{meta.get('config_hash')}`, seed {meta.get('seed')}, "
+             f"{done}/{len(cells)} cells finished",
+             f"- started {meta.get('started_at')}, finished {meta.get('finished_at') or '— (unfinished)'}"
+             + (f", resumed {', '.join(meta['resumed_at'])}" if meta.get("resumed_at") else ""),
+             "- versions: " + ", ".join(f"{k} {val}" for k, val in v.items())]
+    if done < len(cells):
+        lines.append(f"- **incomplete run**: {len(cells) - done} cells not finished; continue with "
+                     "`xaibench run CONFIG --out RUN --resume`")
+    return lines

@@ -1,0 +1,74 @@
+"""Pluggable executors: where the jobs of a benchmark run.
+
+A :class:`Job` is the cells sharing one (study, model), so the model is loaded once per
+job. An executor calls ``work(job, on_batch)`` for every job — an iterator of
+:class:`~xaibench.runner.store.CellResult`, one per finished cell — and hands each result
+to ``on_result`` *in the calling process*, which commits it to the store. Only a local,
+in-process executor exists now; a distributed one (processes, a cluster queue) implements
+the same :class:`Executor` protocol and registers with :func:`register_executor`. For
+that, ``work`` is a module-level function bound with :func:`functools.partial` over
+plain data, so it pickles.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Protocol, Sequence, runtime_checkable
+
+from ..registry import Registry
+from .config import Cell
+from .store import CellResult
+
+#: ``on_batch(cell_key, batch_index, n_batches)`` progress callback.
+BatchCallback = Callable[[str, int, int], None]
+WorkFn = Callable[["Job", BatchCallback], Iterator[CellResult]]
+
+EXECUTORS: Registry[Any] = Registry("executor")
+
+
+@dataclass(frozen=True)
+class Job:
+    """Cells of one (study, model) in grid order; they share the loaded model."""
+
+    study: str
+    model: str
+    cells: tuple[Cell, ...]
+
+
+@runtime_checkable
+class Executor(Protocol):
+    """Runs jobs and passes every finished cell to ``on_result`` in the caller's process."""
+
+    def run(self, jobs: Sequence[Job], work: WorkFn, on_result: Callable[[CellResult], None],
+            on_batch: BatchCallback) -> None: ...
+
+
+def register_executor(name: str) -> Callable[[type], type]:
+    """Class decorator registering an :class:`Executor` (constructed with keyword settings)."""
+    def deco(cls: type) -> type:
+        return EXECUTORS.add(name, cls)
+    return deco
+
+
+def create_executor(name: str = "local", **params: Any) -> Executor:
+    """Build a registered executor (``"local"``)."""
+    return EXECUTORS.get(name)(**params)
+
+
+def make_jobs(cells: Sequence[Cell]) -> list[Job]:
+    """Group cells by (study, model), keeping grid order."""
+    groups: dict[tuple[str, str], list[Cell]] = {}
+    for c in cells:
+        groups.setdefault(c.group, []).append(c)
+    return [Job(study=k[0], model=k[1], cells=tuple(v)) for k, v in groups.items()]
+
+
+@register_executor("local")
+class LocalExecutor:
+    """Run every job in this process, one after the other (deterministic order)."""
+
+    def run(self, jobs: Sequence[Job], work: WorkFn, on_result: Callable[[CellResult], None],
+            on_batch: BatchCallback) -> None:
+        for job in jobs:
+            for result in work(job, on_batch):
+                on_result(result)
