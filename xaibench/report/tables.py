@@ -92,7 +92,7 @@ def comparison_tables(summary: pd.DataFrame) -> list[ComparisonTable]:
 
 
 def _mark(t: ComparisonTable, row: Row, metric: str) -> None:
-    """Mark best / second (ties share the mark) and flag methods that do not beat the best baseline."""
+    """Mark best / second (ties within 1e-6 relative share the mark); flag methods not beating the best baseline."""
     direction = t.directions[metric]
     cells = [v for v in (t.get(row, metric, m) for m in t.methods) if v is not None]
     means = [v.mean for v in cells]
@@ -117,7 +117,7 @@ def _mark(t: ComparisonTable, row: Row, metric: str) -> None:
 
 
 def _same(a: float, b: float) -> bool:
-    return math.isfinite(a) and math.isfinite(b) and abs(a - b) <= 1e-12 * max(1.0, abs(a), abs(b))
+    return math.isfinite(a) and math.isfinite(b) and abs(a - b) <= 1e-6 * max(1.0, abs(a), abs(b))
 
 
 def protocols(summary: pd.DataFrame) -> list[dict[str, Any]]:

@@ -1,0 +1,292 @@
+"""The ``xaibench`` command line (typer).
+
+    xaibench list [explainers|metrics|datasets|models|zoo|baselines|benchmarks] [PATTERN]
+    xaibench run [CONFIG|NAME] [--out DIR] [--resume] [--force] [--n-samples N] [--quiet]
+    xaibench report RUN
+    xaibench baseline RUN [--out FILE] [--tolerance METRIC=TOL ...]
+    xaibench regress RUN --baseline FILE [--allow-missing]
+    xaibench explain --model ZOO_NAME --method KEY [--dataset NAME] [--index I | --image PNG] [--out PNG]
+    xaibench zoo list | xaibench zoo train NAME | --all
+
+Errors print one line to stderr and exit 2 (set ``XAIBENCH_DEBUG=1`` for the traceback);
+``regress`` exits 1 when a score dropped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Iterator, List, Optional
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="xaibench: benchmark explanation (XAI) methods on medical models.")
+zoo_app = typer.Typer(add_completion=False, no_args_is_help=True, help="The model zoo: list and train reference models.")
+app.add_typer(zoo_app, name="zoo")
+
+LIST_WHAT = ("explainers", "metrics", "datasets", "models", "zoo", "baselines", "benchmarks")
+
+
+def _err(msg: str) -> None:
+    typer.echo(f"xaibench: error: {msg}", err=True)
+
+
+@contextlib.contextmanager
+def _handled() -> Iterator[None]:
+    """Turn any exception into one clear line on stderr and exit code 2."""
+    try:
+        yield
+    except (typer.Exit, typer.Abort, SystemExit):
+        raise
+    except Exception as exc:  # reported, not swallowed: one line, exit 2
+        if os.environ.get("XAIBENCH_DEBUG"):
+            raise
+        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+        name = type(exc).__name__
+        generic = name in ("ConfigError", "ValueError", "KeyError", "FileNotFoundError", "RunExistsError",
+                           "ConfigMismatchError", "CellError", "TypeError")
+        text = str(msg) if generic else f"{name}: {msg}"
+        _err(" ".join(text.split()) or name)
+        raise typer.Exit(2) from None
+
+
+def _table(rows: list[tuple[Any, ...]], head: tuple[str, ...] | None = None) -> None:
+    rows = [tuple(str(x) for x in r) for r in rows]
+    allr = ([head] if head else []) + rows
+    if not allr:
+        return
+    widths = [max(len(r[i]) for r in allr) for i in range(len(allr[0]))]
+    for r in allr:
+        typer.echo("  ".join(x.ljust(w) for x, w in zip(r, widths)).rstrip())
+
+
+# ----------------------------------------------------------------------------- list
+
+def _list_rows(what: str, pattern: Optional[str]) -> tuple[tuple[str, ...], list[tuple[Any, ...]]]:
+    import xaibench
+    from xaibench.registry import EXPLAINERS, METRICS
+    from xaibench.runner import list_benchmarks
+
+    if what == "explainers":
+        return ("explainer", "kind", "summary"), [
+            (k, EXPLAINERS.info(k).kind, EXPLAINERS.info(k).summary) for k in xaibench.list_explainers(pattern)]
+    if what == "metrics":
+        return ("metric", "direction", "category", "kinds"), [
+            (k, METRICS.info(k).direction + " is better", METRICS.info(k).category, ",".join(METRICS.info(k).kinds))
+            for k in xaibench.list_metrics(pattern)]
+    if what == "datasets":
+        return ("dataset",), [(k,) for k in xaibench.list_datasets(pattern)]
+    if what == "models":
+        return ("model",), [(k,) for k in xaibench.list_models(pattern)]
+    if what == "zoo":
+        return _zoo_rows(pattern)
+    if what == "baselines":
+        return ("baseline",), [(k,) for k in xaibench.list_baselines(pattern)]
+    return ("benchmark", "description"), [(k, _bench_description(k)) for k in list_benchmarks(pattern)]
+
+
+def _bench_description(name: str) -> str:
+    import tomllib
+    from xaibench.runner.config import BENCHMARKS_DIR
+    try:
+        return str(tomllib.loads((BENCHMARKS_DIR / f"{name}.toml").read_text()).get("description", ""))
+    except Exception as exc:  # a broken file is listed with its problem
+        return f"(unreadable: {exc})"
+
+
+@app.command("list")
+def list_cmd(
+    what: Optional[str] = typer.Argument(None, help=f"one of {', '.join(LIST_WHAT)} (default: all)"),
+    pattern: Optional[str] = typer.Argument(None, help="glob filter, e.g. 'cnn.*'"),
+) -> None:
+    """List registered explainers, metrics, datasets, models, zoo entries, baselines or benchmarks."""
+    with _handled():
+        if what is not None and what not in LIST_WHAT:
+            import difflib
+            close = difflib.get_close_matches(what, LIST_WHAT, n=1)
+            raise ValueError(f"cannot list {what!r}; choose one of {', '.join(LIST_WHAT)}"
+                             + (f" (did you mean {close[0]!r}?)" if close else ""))
+        for i, w in enumerate([what] if what else LIST_WHAT):
+            head, rows = _list_rows(w, pattern)
+            if not what:
+                typer.echo(("\n" if i else "") + f"[{w}]")
+            _table(rows, head)
+
+
+# ----------------------------------------------------------------------------- run / report
+
+@app.command("run")
+def run_cmd(
+    config: Optional[str] = typer.Argument(None, help="benchmark TOML file or built-in name (default: 'default')"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="run folder (default: reports/<benchmark name>)"),
+    resume: bool = typer.Option(False, "--resume", help="continue the run in --out (finished cells are kept)"),
+    force: bool = typer.Option(False, "--force", help="delete earlier results in --out first"),
+    n_samples: Optional[int] = typer.Option(None, "--n-samples", help="override every study's n_samples"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
+    executor: str = typer.Option("local", "--executor", help="registered executor"),
+    report: bool = typer.Option(True, "--report/--no-report", help="build the report files at the end"),
+) -> None:
+    """Run a benchmark and write its report (results.db, results.csv, summary.csv, report.html)."""
+    from xaibench.runner import run_benchmark
+
+    with _handled():
+        if resume and force:
+            raise ValueError("--resume and --force exclude each other: resume keeps results, force deletes them")
+        res = run_benchmark(config, out, resume=resume, force=force, n_samples=n_samples, quiet=quiet,
+                            executor=executor, report=report)
+        typer.echo(f"{res.config.name}: {res.n_run} cells run, {res.n_resumed} already done, "
+                   f"{res.seconds:.1f} s; results in {res.run_dir / 'results.db'}")
+        if report:
+            typer.echo(f"report: {res.report['report.html']}")
+
+
+@app.command("report")
+def report_cmd(run: Path = typer.Argument(..., help="run folder written by `xaibench run`")) -> None:
+    """Rebuild every report file of a run folder from its database."""
+    from xaibench.report import build_report
+
+    with _handled():
+        paths = build_report(run)
+        typer.echo(f"report: {paths['report.html']}")
+
+
+# ----------------------------------------------------------------------------- regression
+
+def _tolerances(items: List[str]) -> tuple[Optional[float], dict[str, float]]:
+    default, per = None, {}
+    for it in items:
+        k, sep, v = it.partition("=")
+        try:
+            if sep:
+                per[k.strip()] = float(v)
+            else:
+                default = float(k)
+        except ValueError:
+            raise ValueError(f"--tolerance expects METRIC=NUMBER or NUMBER, got {it!r}") from None
+    return default, per
+
+
+@app.command("baseline")
+def baseline_cmd(
+    run: Path = typer.Argument(..., help="run folder"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="baseline file (default: RUN/baseline.json)"),
+    tolerance: List[str] = typer.Option([], "--tolerance", "-t",
+                                        help="METRIC=TOL per metric (label or key), or TOL for the default"),
+) -> None:
+    """Write a regression baseline (JSON) from a run's summary (real methods only)."""
+    from xaibench.regress import DEFAULT_TOLERANCE, write_baseline
+
+    with _handled():
+        default, per = _tolerances(tolerance)
+        path = write_baseline(run, out, default_tolerance=DEFAULT_TOLERANCE if default is None else default,
+                              tolerances=per)
+        n = len(json.loads(path.read_text())["entries"])
+        typer.echo(f"baseline: {path} ({n} entries)")
+
+
+@app.command("regress")
+def regress_cmd(
+    run: Path = typer.Argument(..., help="run folder"),
+    baseline: Path = typer.Option(..., "--baseline", "-b", help="baseline JSON written by `xaibench baseline`"),
+    allow_missing: bool = typer.Option(False, "--allow-missing", help="entries missing from the run do not fail"),
+) -> None:
+    """Compare a run with a baseline; exit 1 when a score dropped beyond its tolerance."""
+    from xaibench.regress import regress_run
+
+    with _handled():
+        rep = regress_run(run, baseline, allow_missing=allow_missing)
+    typer.echo(rep.format())
+    raise typer.Exit(0 if rep.passed else 1)
+
+
+# ----------------------------------------------------------------------------- explain
+
+def _parse_value(v: str) -> Any:
+    try:
+        return json.loads(v)
+    except ValueError:
+        return v
+
+
+@app.command("explain")
+def explain_cmd(
+    model: str = typer.Option(..., "--model", "-m", help="zoo model name (see `xaibench zoo list`)"),
+    method: str = typer.Option(..., "--method", help="explainer key, e.g. cnn.gradcam"),
+    dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="dataset (default: the zoo model's)"),
+    index: int = typer.Option(0, "--index", "-i", help="sample index in the dataset's test split"),
+    image: Optional[Path] = typer.Option(None, "--image", help="explain this PNG instead of a dataset sample"),
+    size: Optional[int] = typer.Option(None, "--size", help="resize --image to SIZE×SIZE (default: the dataset's size)"),
+    target: Optional[int] = typer.Option(None, "--target", help="class to explain (default: predicted)"),
+    param: List[str] = typer.Option([], "--param", "-p", help="explainer setting KEY=VALUE (JSON value)"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="output PNG"),
+) -> None:
+    """Explain one input with one method and write a PNG of the map over the input."""
+    from xaibench.report.explain import explain_one
+
+    with _handled():
+        params = {}
+        for p in param:
+            k, sep, v = p.partition("=")
+            if not sep:
+                raise ValueError(f"--param expects KEY=VALUE, got {p!r}")
+            params[k.strip()] = _parse_value(v)
+        path, text = explain_one(model, method, dataset=dataset, index=index, image=image, size=size,
+                                 target=target, params=params, out=out)
+        typer.echo(text)
+        typer.echo(f"overlay: {path}")
+
+
+# ----------------------------------------------------------------------------- zoo
+
+def _zoo_rows(pattern: Optional[str]) -> tuple[tuple[str, ...], list[tuple[Any, ...]]]:
+    from xaibench.zoo import get_entry, list_zoo
+
+    rows = []
+    for name in list_zoo(pattern):
+        e = get_entry(name)
+        card = e.card()
+        metrics = card.get("metrics", {}) if isinstance(card, dict) else {}
+        acc = metrics.get("val_accuracy", metrics.get("accuracy"))
+        acc_s = f"{acc:.3f}" if isinstance(acc, (int, float)) else ("no weights" if not e.weights_path.exists() else "?")
+        rows.append((name, e.dataset, acc_s, e.description))
+    return ("name", "dataset", "accuracy", "description"), rows
+
+
+@zoo_app.command("list")
+def zoo_list(pattern: Optional[str] = typer.Argument(None, help="glob filter")) -> None:
+    """Zoo models: name, dataset, validation accuracy from the card, description."""
+    with _handled():
+        head, rows = _zoo_rows(pattern)
+        _table(rows, head)
+
+
+@zoo_app.command("train")
+def zoo_train(
+    name: Optional[str] = typer.Argument(None, help="zoo model to train"),
+    all_: bool = typer.Option(False, "--all", help="train every zoo model"),
+    seed: Optional[int] = typer.Option(None, "--seed", help="training seed (default: the entry's)"),
+    out_dir: Optional[Path] = typer.Option(None, "--out-dir", help="write weights here instead of the package"),
+) -> None:
+    """Train zoo models reproducibly from their seed and save weights + card."""
+    from xaibench import zoo
+
+    with _handled():
+        if bool(name) == all_:
+            raise ValueError("give a zoo model NAME or --all (see `xaibench zoo list`)")
+        for n in (zoo.list_zoo() if all_ else [name]):
+            card = zoo.train(n, seed=seed, out_dir=out_dir)
+            typer.echo(f"{n}: {json.dumps(card.get('metrics', {}), sort_keys=True)} "
+                       f"({card.get('train_seconds')} s) -> {Path(out_dir or zoo.get_entry(n).weights_dir) / (n + '.safetensors')}")
+
+
+def main() -> None:
+    """Entry point of the ``xaibench`` script."""
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
