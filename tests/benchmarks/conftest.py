@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 
 
-def pytest_collection_modifyitems(items):
+def pytest_collection_modifyitems(items):  # marker for -m selection
     for item in items:
         if "benchmarks" in str(item.fspath):
             item.add_marker(pytest.mark.perf)
