@@ -1,0 +1,159 @@
+"""ViT model builders and the zoo: small timm ViTs per ROI dataset × initialisation.
+
+Initialisations follow the ViT attention-map study (random / supervised pre-trained /
+self-supervised pre-trained, then fine-tuned), scaled to CPU training:
+
+- ``random``: fine-tuned from random initialisation;
+- ``supervised``: pre-trained on a different synthetic task (``shape_classes``, 4 shapes)
+  = zoo entry ``vit_pre_supervised``, then fine-tuned;
+- ``mae``: pre-trained with a small masked-autoencoder objective on the same unlabelled
+  shape images = zoo entry ``vit_pre_mae``, then fine-tuned.
+
+Zoo names: ``vit_<dataset>_<init>`` for dataset in large, faint, thin, multi (``roi_*``).
+Train one with ``xaibench zoo train vit_large_mae`` (it trains the pre-training entry first
+when its weights are missing). Weights are stored in float32 (~0.6 MB each).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+from torch import nn
+
+from xaibench import create_dataset, register_model
+from xaibench.types import Batch
+from xaibench.zoo import ZooEntry, register_zoo, train_classifier
+
+WEIGHTS = Path(__file__).parent / "weights"
+#: the architecture every zoo ViT shares (64 px, 8 px patches: an 8×8 grid + class token)
+SMALL_VIT = {"img_size": 64, "patch_size": 8, "embed_dim": 64, "depth": 4, "num_heads": 4, "mlp_ratio": 2.0}
+DATASETS = {"large": "roi_large", "faint": "roi_faint", "thin": "roi_thin", "multi": "roi_multi"}
+INITS = ("random", "supervised", "mae")
+
+
+@register_model("vit.small")
+def small_vit(num_classes: int = 2, **overrides: Any) -> nn.Module:
+    """A small timm ``VisionTransformer`` (64 px, patch 8, dim 64, 4 blocks, 4 heads; ~150k parameters)."""
+    from timm.models.vision_transformer import VisionTransformer
+    return VisionTransformer(num_classes=num_classes, **{**SMALL_VIT, **overrides})
+
+
+@register_model("vit.timm")
+def timm_vit(arch: str = "vit_tiny_patch16_224", num_classes: int = 2, **kwargs: Any) -> nn.Module:
+    """Any timm ViT with random weights: ``create_model("vit.timm", arch="deit_tiny_patch16_224")``."""
+    return timm.create_model(arch, pretrained=False, num_classes=num_classes, **kwargs)
+
+
+@register_model("vit.mae")
+def mae_vit(**overrides: Any) -> nn.Module:
+    """The masked-autoencoder pre-training model around :func:`small_vit` (see :mod:`.pretrain`)."""
+    from .pretrain import MaskedAutoencoder
+    return MaskedAutoencoder(small_vit(num_classes=0, **overrides))
+
+
+# ----------------------------------------------------------------------------- training
+
+class unfused:
+    """Context: timm's unfused attention path (faster backward on CPU); flags restored."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.mods = [m for m in model.modules() if hasattr(m, "fused_attn")]
+
+    def __enter__(self) -> None:
+        self.flags = [m.fused_attn for m in self.mods]
+        for m in self.mods:
+            m.fused_attn = False
+
+    def __exit__(self, *exc: Any) -> None:
+        for m, f in zip(self.mods, self.flags):
+            m.fused_attn = f
+
+
+def sample_pool(dataset: str, n: int, seed: int, split: str, **params: Any) -> Batch:
+    """``n`` samples of ``dataset`` in one Batch (generated once, reused across epochs)."""
+    return create_dataset(dataset, n=n, batch_size=n, seed=seed, split=split, **params).all()
+
+
+def shuffled_batches(pool: Batch, batch_size: int, seed: int, epoch: int) -> list[Batch]:
+    """The pool in a seeded random order, cut into batches; random horizontal flips per batch."""
+    g = torch.Generator().manual_seed(seed * 7919 + epoch)
+    order = torch.randperm(len(pool), generator=g)
+    out = []
+    for start in range(0, len(pool), batch_size):
+        idx = order[start:start + batch_size]
+        x = pool.inputs[idx]
+        flip = torch.rand(len(idx), generator=g) < 0.5
+        x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+        out.append(Batch(inputs=x, targets=pool.targets[idx]))
+    return out
+
+
+def load_pretrained(model: nn.Module, init: str) -> dict[str, Any]:
+    """Copy the pre-trained encoder of ``init`` into ``model`` (head left as built).
+
+    Trains the pre-training zoo entry first when its weights are missing."""
+    from xaibench import zoo
+
+    name = f"vit_pre_{init}"
+    entry = zoo.get_entry(name)
+    if not entry.weights_path.exists():
+        zoo.train(name)
+    pre = zoo.load(name)
+    state = pre.encoder.state_dict() if init == "mae" else pre.state_dict()
+    state = {k: v for k, v in state.items() if not k.startswith("head.")}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected or [k for k in missing if not k.startswith("head.")]:
+        raise RuntimeError(f"vit: pre-trained {name} does not fit (missing {missing}, unexpected {unexpected})")
+    return {"pretrained_from": name, "pretrain_card": entry.card().get("metrics", {})}
+
+
+def train_finetune(entry: ZooEntry, model: nn.Module, seed: int) -> dict[str, Any]:
+    """Fine-tune a zoo ViT on ``entry.dataset`` from its initialisation (``entry.extra["init"]``)."""
+    ex = entry.extra
+    info = {} if ex["init"] == "random" else load_pretrained(model, ex["init"])
+    pool = sample_pool(entry.dataset, ex["n_train"], seed, "train")
+    val = sample_pool(entry.dataset, ex.get("n_val", 512), seed, "val")
+    with unfused(model):
+        metrics = train_classifier(
+            model, lambda ep: shuffled_batches(pool, ex.get("batch_size", 64), seed, ep), [val],
+            epochs=ex["epochs"], lr=ex["lr"], weight_decay=0.05, seed=seed, desc=f"zoo train {entry.name}")
+    return {**metrics, "init": ex["init"], "n_train": ex["n_train"], **info}
+
+
+def train_supervised_pretrain(entry: ZooEntry, model: nn.Module, seed: int) -> dict[str, Any]:
+    """Supervised pre-training on ``shape_classes`` (a task different from every ROI set)."""
+    return train_finetune(entry, model, seed)
+
+
+def train_mae_pretrain(entry: ZooEntry, model: nn.Module, seed: int) -> dict[str, Any]:
+    from .pretrain import train_mae
+    ex = entry.extra
+    pool = sample_pool(entry.dataset, ex["n_train"], seed, "train")
+    with unfused(model):
+        return train_mae(model, pool, epochs=ex["epochs"], lr=ex["lr"], seed=seed, mask_ratio=ex["mask_ratio"],
+                         batch_size=ex.get("batch_size", 64), desc=f"zoo train {entry.name}")
+
+
+register_zoo(ZooEntry(
+    name="vit_pre_supervised", model="vit.small", model_params={"num_classes": 4},
+    train=train_supervised_pretrain, weights_dir=WEIGHTS, seed=0, dataset="shape_classes",
+    description="small ViT pre-trained (supervised) to tell 4 shapes apart; the 'supervised' init",
+    extra={"init": "random", "n_train": 4096, "epochs": 12, "lr": 1e-3},
+))
+register_zoo(ZooEntry(
+    name="vit_pre_mae", model="vit.mae", model_params={},
+    train=train_mae_pretrain, weights_dir=WEIGHTS, seed=0, dataset="shape_classes",
+    description="small ViT pre-trained as a masked autoencoder (75% of patches hidden); the 'mae' init",
+    extra={"n_train": 4096, "epochs": 12, "lr": 1.5e-3, "mask_ratio": 0.75},
+))
+for _short, _ds in DATASETS.items():
+    for _init in INITS:
+        register_zoo(ZooEntry(
+            name=f"vit_{_short}_{_init}", model="vit.small", model_params={"num_classes": 2},
+            train=train_finetune, weights_dir=WEIGHTS, seed=0, dataset=_ds,
+            description=f"small ViT on {_ds}, {_init} initialisation, fine-tuned",
+            extra={"init": _init, "n_train": 2048, "epochs": 10, "lr": 1e-3 if _init == "random" else 5e-4},
+        ))

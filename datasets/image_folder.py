@@ -1,0 +1,237 @@
+"""``image_folder``: a user's own labelled images with masks or boxes, as xaibench Batches.
+
+Layouts (``root`` is the folder you pass; if ``root/<split>/images`` exists, that split is used):
+
+    root/images/<class>/<stem>.png          class from the sub-folder name, or
+    root/images/<stem>.png + root/labels.csv   flat, with a CSV ``image,label`` (label = class
+                                               name or index; ``image`` = file name or stem)
+    root/masks/<class>/<stem>.png           optional per-image masks (any non-zero pixel = region;
+    root/masks/<stem>.png                    same layout as images, any image extension)
+    root/annotations.json                   optional COCO-style boxes (``images[].file_name``
+                                               relative to ``images/``, ``annotations[].bbox`` =
+                                               [x, y, w, h] in pixels); boxes become masks too
+                                               when an image has no mask file
+
+Example::
+
+    ds = xaibench.create_dataset("image_folder", root="my_data", size=224, batch_size=8)
+    for batch in ds:  # Batch(inputs (B, 3, 224, 224), targets, masks, boxes, ids)
+        ...
+
+In a benchmark TOML: ``datasets = [{name="image_folder", params={root="my_data", size=224}}]``.
+Images are read one at a time when a sample is asked for; only the file list is built up front.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from xaibench import SampleDataset, register_dataset
+
+EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+
+
+def _images_under(folder: Path, extensions: tuple[str, ...]) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in extensions)
+
+
+@register_dataset("image_folder")
+class ImageFolder(SampleDataset):
+    """Images from a folder with class labels and optional ground-truth masks / COCO boxes.
+
+    Settings:
+        root: the data folder (see the module docstring for the layouts). Required.
+        size: resize every image (and mask, nearest) to ``size`` (int or (h, w)); None keeps
+            the files' sizes (they must then all be equal to be batched).
+        channels: 3 (RGB) or 1 (grey).
+        classes: class names in label order (default: sorted sub-folder / CSV names).
+        labels: CSV path for the flat layout (default ``root/labels.csv``).
+        boxes: COCO JSON path (default ``root/annotations.json`` when it exists).
+        mean, std: per-channel normalisation after scaling to [0, 1] (default none).
+        missing_masks: ``"error"`` (default) when a masks folder exists but an image has no
+            mask and no box, or ``"empty"`` (an all-False mask; metrics then score NaN).
+
+    Args:
+        n: number of images (default: all of them, in sorted path order).
+
+    Yields :class:`~xaibench.Batch` with ``inputs`` (B, C, h, w) float, ``targets`` (B,),
+    ``masks`` (B, h, w) bool when masks or boxes exist, ``boxes`` (a (k, 4) tensor
+    ``x0, y0, x1, y1`` per sample, in resized pixels), ``ids`` (paths relative to
+    ``images/``), ``meta["path"]`` and ``meta["orig_size"]``.
+
+    Raises:
+        ValueError: missing folder, no images, unlabelled images, unknown class names,
+            masks that are missing or of a different size than their image, boxes for
+            unknown images.
+    """
+
+    defaults: dict[str, Any] = {"root": None, "size": None, "channels": 3, "classes": None, "labels": None,
+                                "boxes": None, "mean": None, "std": None, "missing_masks": "error"}
+
+    def __init__(self, n: int | None = None, batch_size: int = 16, seed: int = 0, split: str = "test", **params: Any):
+        super().__init__(n=1, batch_size=batch_size, seed=seed, split=split, **params)
+        p = self.params
+        if p["root"] is None:
+            raise ValueError("image_folder: root= is required (a folder holding images/ and optionally masks/)")
+        root = Path(p["root"]).expanduser()
+        if (root / split / "images").is_dir():
+            root = root / split
+        self.root, self.images_dir = root, root / "images"
+        if not self.images_dir.is_dir():
+            raise ValueError(f"image_folder: expected a folder {self.images_dir} with images (or <class>/ sub-folders); not found")
+        if p["channels"] not in (1, 3):
+            raise ValueError(f"image_folder: channels must be 1 or 3, got {p['channels']!r}")
+        if p["missing_masks"] not in ("error", "empty"):
+            raise ValueError(f"image_folder: missing_masks must be 'error' or 'empty', got {p['missing_masks']!r}")
+        self.files = _images_under(self.images_dir, EXTENSIONS)
+        if not self.files:
+            raise ValueError(f"image_folder: no images ({', '.join(EXTENSIONS)}) under {self.images_dir}")
+        self.classes, self.labels = self._read_labels()
+        self.boxes = self._read_boxes()
+        self.masks_dir = root / "masks" if (root / "masks").is_dir() else None
+        total = len(self.files)
+        if n is not None and not 1 <= int(n) <= total:
+            raise ValueError(f"image_folder: n must lie in [1, {total}] ({total} images under {self.images_dir}), got {n}")
+        self.n = total if n is None else int(n)
+
+    # ------------------------------------------------------------------ indexing
+    def _rel(self, path: Path) -> str:
+        return path.relative_to(self.images_dir).as_posix()
+
+    def _read_labels(self) -> tuple[list[str], list[int]]:
+        p = self.params
+        nested = all(len(Path(self._rel(f)).parts) > 1 for f in self.files)
+        if nested:
+            names = [Path(self._rel(f)).parts[0] for f in self.files]
+        else:
+            csv_path = Path(p["labels"]) if p["labels"] else self.root / "labels.csv"
+            if not csv_path.exists():
+                raise ValueError(f"image_folder: images lie directly in {self.images_dir} but there is no labels CSV "
+                                 f"({csv_path}); add one with columns image,label or use images/<class>/ folders")
+            with open(csv_path, newline="") as fh:
+                rows = list(csv.DictReader(fh))
+            if not rows or not {"image", "label"} <= set(rows[0]):
+                raise ValueError(f"image_folder: {csv_path} needs the columns image,label; got {list(rows[0]) if rows else 'no rows'}")
+            table = {}
+            for r in rows:
+                table[r["image"]] = table[Path(r["image"]).stem] = r["label"].strip()
+            missing = [self._rel(f) for f in self.files if self._rel(f) not in table and f.stem not in table]
+            if missing:
+                raise ValueError(f"image_folder: {len(missing)} image(s) have no row in {csv_path}, e.g. {missing[:3]}")
+            names = [table.get(self._rel(f), table.get(f.stem)) for f in self.files]
+        classes = list(p["classes"]) if p["classes"] else sorted(set(names), key=lambda s: (not s.isdigit(), int(s) if s.isdigit() else 0, s))
+        index = {c: i for i, c in enumerate(classes)}
+        bad = sorted({s for s in names if s not in index and not (s.isdigit() and int(s) < len(classes))})
+        if bad:
+            raise ValueError(f"image_folder: labels {bad} are not among classes {classes}")
+        return classes, [index[s] if s in index else int(s) for s in names]
+
+    def _read_boxes(self) -> dict[str, np.ndarray] | None:
+        path = Path(self.params["boxes"]) if self.params["boxes"] else self.root / "annotations.json"
+        if not path.exists():
+            if self.params["boxes"]:
+                raise ValueError(f"image_folder: boxes file {path} not found")
+            return None
+        coco = json.loads(path.read_text())
+        if not {"images", "annotations"} <= set(coco):
+            raise ValueError(f"image_folder: {path} is not COCO-style (needs 'images' and 'annotations')")
+        known = {self._rel(f) for f in self.files} | {f.name for f in self.files}
+        by_id = {}
+        for im in coco["images"]:
+            if im["file_name"] not in known:
+                raise ValueError(f"image_folder: {path} lists image {im['file_name']!r}, which is not under {self.images_dir}")
+            by_id[im["id"]] = im["file_name"]
+        out: dict[str, list] = {}
+        for a in coco["annotations"]:
+            if a["image_id"] not in by_id:
+                raise ValueError(f"image_folder: {path}: annotation for unknown image_id {a['image_id']!r}")
+            x, y, w, h = (float(v) for v in a["bbox"])
+            out.setdefault(by_id[a["image_id"]], []).append([x, y, x + w, y + h])
+        return {k: np.asarray(v, dtype=np.float32) for k, v in out.items()}
+
+    def _mask_file(self, image: Path) -> Path | None:
+        rel = Path(self._rel(image))
+        for ext in EXTENSIONS:
+            cand = self.masks_dir / rel.with_suffix(ext)  # type: ignore[operator]
+            if cand.exists():
+                return cand
+        return None
+
+    # ------------------------------------------------------------------ samples
+    def _size(self, orig: tuple[int, int]) -> tuple[int, int]:
+        s = self.params["size"]
+        if s is None:
+            return orig
+        return (int(s), int(s)) if isinstance(s, (int, float)) else (int(s[0]), int(s[1]))
+
+    def make_sample(self, rng: np.random.Generator, index: int) -> dict[str, Any]:
+        from PIL import Image
+
+        f = self.files[index]
+        rel = self._rel(f)
+        with Image.open(f) as im:
+            img = im.convert("RGB" if self.params["channels"] == 3 else "L")
+        w0, h0 = img.size
+        h, w = self._size((h0, w0))
+        arr = np.asarray(img.resize((w, h), Image.BILINEAR) if (h, w) != (h0, w0) else img, dtype=np.float32) / 255.0
+        x = torch.from_numpy(arr.reshape(h, w, -1)).permute(2, 0, 1).contiguous()
+        if self.params["mean"] is not None:
+            mean = torch.tensor(self.params["mean"], dtype=torch.float32).reshape(-1, 1, 1)
+            std = torch.tensor(self.params["std"] or 1.0, dtype=torch.float32).reshape(-1, 1, 1)
+            x = (x - mean) / std
+        sy, sx = h / h0, w / w0
+        boxes = None
+        if self.boxes is not None:
+            b = self.boxes.get(rel, self.boxes.get(f.name, np.zeros((0, 4), np.float32)))
+            boxes = torch.from_numpy(b * np.array([sx, sy, sx, sy], dtype=np.float32))
+        mask = self._mask(f, rel, (h0, w0), (h, w), boxes)
+        sample = {"inputs": x, "targets": self.labels[index], "ids": rel, "path": str(f), "orig_size": (h0, w0)}
+        if mask is not None:
+            sample["masks"] = mask
+        if boxes is not None or mask is not None:
+            sample["boxes"] = boxes if boxes is not None else _box_of(mask)
+        return sample
+
+    def _mask(self, f: Path, rel: str, orig: tuple[int, int], size: tuple[int, int], boxes: torch.Tensor | None) -> torch.Tensor | None:
+        from PIL import Image
+
+        mf = self._mask_file(f) if self.masks_dir is not None else None
+        if mf is not None:
+            with Image.open(mf) as m:
+                if (m.size[1], m.size[0]) != orig:
+                    raise ValueError(f"image_folder: mask {mf} is {m.size[1]}x{m.size[0]} but image {f} is "
+                                     f"{orig[0]}x{orig[1]}; masks must have their image's size")
+                m = m.convert("L")
+                if size != orig:
+                    m = m.resize((size[1], size[0]), Image.NEAREST)
+                return torch.from_numpy(np.asarray(m) > 0)
+        if boxes is not None:
+            mask = torch.zeros(size, dtype=torch.bool)
+            for x0, y0, x1, y1 in boxes.tolist():
+                mask[max(0, int(np.floor(y0))):int(np.ceil(y1)), max(0, int(np.floor(x0))):int(np.ceil(x1))] = True
+            return mask
+        if self.masks_dir is not None:
+            if self.params["missing_masks"] == "error":
+                raise ValueError(f"image_folder: no mask for {rel} under {self.masks_dir} (expected the same relative "
+                                 "path with an image extension); add it, or pass missing_masks='empty'")
+            return torch.zeros(size, dtype=torch.bool)
+        return None
+
+    def collate(self, samples: list[dict[str, Any]]):
+        shapes = {tuple(s["inputs"].shape) for s in samples}
+        if len(shapes) > 1:
+            raise ValueError(f"image_folder: images of different sizes {sorted(shapes)} cannot be batched; pass size=")
+        return super().collate(samples)
+
+
+def _box_of(mask: torch.Tensor) -> torch.Tensor:
+    ys, xs = torch.nonzero(mask, as_tuple=True)
+    if len(ys) == 0:
+        return torch.zeros((0, 4))
+    return torch.tensor([[xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]], dtype=torch.float32)
