@@ -12,6 +12,7 @@ import json
 import math
 import random
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Any, Iterator
 
@@ -137,7 +138,17 @@ class _JobState:
     def batches_of(self, spec: Spec) -> list[Batch]:
         if spec.label not in self.batches:
             self.batches[spec.label] = make_batches(self.study, spec)
+            self._warm_up(self.batches[spec.label][0])
         return self.batches[spec.label]
+
+    def _warm_up(self, batch: Batch) -> None:
+        """One untimed forward, so one-off kernel set-up is not billed to the first explainer."""
+        try:
+            with torch.no_grad():
+                self.model(batch.inputs)
+        except Exception as exc:  # the explainers will call the model their own way
+            warnings.warn(f"runner: warm-up forward of {type(self.model).__name__} failed ({exc}); "
+                          "the first explainer's seconds include set-up", stacklevel=2)
 
     def like_of(self, cell: Cell, i: int, batch: Batch) -> Attribution:
         """The first real explainer's attribution of batch i (recomputed if not cached)."""

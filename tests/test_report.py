@@ -1,0 +1,138 @@
+"""Reports: files, self-contained HTML, best marks and baseline flags, figure hooks, examples."""
+
+from __future__ import annotations
+
+import re
+import shutil
+
+import pandas as pd
+import pytest
+import torch
+
+from xaibench.report import build_report, load_run
+from xaibench.report.figures import FIGURES, figure_path, load_examples, new_figure, register_figure, save
+from xaibench.report.tables import comparison_tables
+from xaibench.runner import parse_config, run_benchmark
+
+CFG = {
+    "name": "rep", "seed": 0,
+    "study": [{
+        "name": "s", "datasets": ["lesions"], "models": [{"model": "cnn.small_resnet", "label": "rand"}],
+        "explainers": ["cnn.gradcam", {"name": "cnn.hirescam", "label": "hires3", "params": {"layer": "layer3"}}],
+        "metrics": ["pointing_game", {"name": "iou", "params": {"threshold": "mean"}}],
+        "n_samples": 8, "batch_size": 4,
+    }],
+}
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("rep") / "run"
+    run_benchmark(parse_config(CFG), out, quiet=True, report=True)
+    return out
+
+
+def test_report_files_exist_and_html_is_self_contained(run_dir):
+    for name in ("results.csv", "results.parquet", "summary.csv", "report.md", "report.html", "results.db"):
+        assert (run_dir / name).is_file(), name
+    figs = sorted(p.name for p in (run_dir / "figures").glob("*.png"))
+    assert "ci_s.png" in figs and any(f.startswith("overlays_s_lesions_rand") for f in figs)
+    html = (run_dir / "report.html").read_text()
+    assert not re.search(r"https?://", html)
+    assert not re.search(r"""(src|href)=['"](?!data:)""", html)  # nothing loaded from elsewhere
+    assert html.count("data:image/png;base64,") == len(figs)
+    assert "<style>" in html and "threshold=&#x27;mean&#x27;" in html
+    csv = pd.read_csv(run_dir / "results.csv")
+    pq = pd.read_parquet(run_dir / "results.parquet")
+    assert len(csv) == len(pq) == 4 * 2 * 8
+    summary = pd.read_csv(run_dir / "summary.csv")
+    assert {"mean", "ci_low", "ci_high", "n", "n_undefined", "undefined_reasons", "seconds_per_sample",
+            "direction", "category", "protocol", "is_baseline"} <= set(summary.columns)
+    assert len(summary) == 4 * 2 and summary["is_baseline"].sum() == 2 * 2
+
+
+def test_best_is_marked_and_methods_below_the_best_baseline_are_flagged(run_dir):
+    data = load_run(run_dir)
+    (t,) = comparison_tables(data.summary)
+    assert t.methods == ["cnn.gradcam", "hires3", "baseline.random", "baseline.centre"]
+    html = (run_dir / "report.html").read_text()
+    md = (run_dir / "report.md").read_text()
+    for metric in t.metrics:
+        vals = {m: t.get(t.rows[0], metric, m) for m in t.methods}
+        top = max(v.mean for v in vals.values())
+        assert all((v.mark == "best") == (abs(v.mean - top) < 1e-9) for v in vals.values())
+        best_base = max(vals["baseline.random"].mean, vals["baseline.centre"].mean)
+        for m in ("cnn.gradcam", "hires3"):
+            assert vals[m].below_baseline == (not vals[m].mean > best_base)
+        best_text = next(v.text() for v in vals.values() if v.mark == "best")
+        assert f"**{best_text}**" in md
+        assert re.search(r"<td class='best[^']*'[^>]*>" + re.escape(best_text) + "<", html)
+    assert "class='below" in html or "†" not in md  # flags render when there are any
+
+
+def test_lower_is_better_metrics_mark_the_minimum():
+    rows = []
+    for meth, mean, base in (("a", 0.2, False), ("b", 0.1, False), ("baseline.random", 0.15, True)):
+        rows.append({"study": "s", "dataset": "d", "model": "m", "explainer": meth, "metric": "err", "mean": mean,
+                     "ci_low": mean - 0.05, "ci_high": mean + 0.05, "n": 10, "n_undefined": 0, "is_baseline": base,
+                     "direction": "lower"})
+    (t,) = comparison_tables(pd.DataFrame(rows))
+    v = {m: t.get(("d", "m"), "err", m) for m in t.methods}
+    assert v["b"].mark == "best" and v["baseline.random"].mark == "second" and v["a"].mark is None
+    assert v["a"].below_baseline and not v["b"].below_baseline
+
+
+def test_registered_figures_are_embedded_and_failures_are_visible(run_dir):
+    @register_figure("_test_ok")
+    def ok(rd, results, summary):
+        fig = new_figure(2, 2)
+        fig.subplots().plot(results["score"].fillna(0).to_numpy())
+        return [("test figure from a family", save(fig, figure_path(rd, "_test_ok")))]
+
+    @register_figure("_test_broken")
+    def broken(rd, results, summary):
+        raise RuntimeError("no data for this family")
+
+    @register_figure("_test_empty")
+    def empty(rd, results, summary):
+        return []
+
+    try:
+        with pytest.warns(UserWarning, match="_test_broken.*no data for this family"):
+            build_report(run_dir)
+    finally:
+        for n in ("_test_ok", "_test_broken", "_test_empty"):
+            FIGURES.remove(n)
+    html = (run_dir / "report.html").read_text()
+    assert "test figure from a family" in html
+    assert "class='warn'" in html and "_test_broken" in html and "no data for this family" in html
+    assert "_test_ok.png" in (run_dir / "report.md").read_text()
+
+
+def test_examples_are_saved_per_cell_and_loadable(run_dir):
+    exs = load_examples(run_dir)
+    assert len(exs) == 4
+    ex = next(e for e in exs if e["explainer"] == "cnn.gradcam")
+    assert ex["kind"] == "pixel" and ex["values"].shape == (4, 64, 64) and ex["inputs"].shape == (4, 3, 64, 64)
+    assert ex["masks"].dtype == torch.bool and ex["ids"][0].startswith("lesions/test/0/")
+    assert {"study", "dataset", "model", "explainer", "extras", "is_baseline"} <= set(ex)
+
+
+def test_overlays_skip_inputs_that_are_not_images(run_dir, tmp_path):
+    """Event-set examples (B, N, m) do not get overlays; the report still builds."""
+    d = tmp_path / "copy"
+    shutil.copytree(run_dir, d)
+    torch.save({"study": "s", "dataset": "events", "model": "rand", "explainer": "x.events", "is_baseline": False,
+                "kind": "event", "values": torch.rand(2, 50), "extras": {}, "inputs": torch.rand(2, 50, 5),
+                "masks": None, "targets": None, "ids": ["a", "b"]}, d / "examples" / "zz_events.pt")
+    build_report(d)
+    assert not list((d / "figures").glob("overlays_s_events*"))
+
+
+def test_report_rebuilds_from_the_database_alone(run_dir, tmp_path):
+    d = tmp_path / "db_only"
+    d.mkdir()
+    shutil.copy(run_dir / "results.db", d / "results.db")
+    paths = build_report(d)
+    assert all(p.is_file() for p in paths.values())
+    pd.testing.assert_frame_equal(pd.read_csv(d / "summary.csv"), pd.read_csv(run_dir / "summary.csv"))

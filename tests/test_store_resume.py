@@ -1,0 +1,175 @@
+"""Results store and resume: a run interrupted at any point resumes to the same results table."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from xaibench.runner import (ConfigMismatchError, RunExistsError, Store, expand, parse_config, run_benchmark)
+from xaibench.runner.store import CellResult
+
+CFG = {
+    "name": "resume", "seed": 3,
+    "study": [{
+        "name": "s", "datasets": ["lesions"], "models": [{"model": "cnn.small_resnet", "label": "rand"}],
+        "explainers": ["cnn.gradcam", {"name": "cnn.hirescam", "label": "hires3", "params": {"layer": "layer3"}}],
+        "metrics": ["pointing_game", "iou"], "n_samples": 6, "batch_size": 3,
+    }],
+}
+COMPARE = [c for c in ("run", "study", "dataset", "model", "explainer", "explainer_key", "metric", "metric_key",
+                       "sample_index", "sample_id", "score", "undefined_reason", "protocol", "explainer_params",
+                       "direction", "category", "is_baseline", "seed", "config_hash")]
+
+
+def results(run_dir: Path) -> pd.DataFrame:
+    with Store.open(run_dir) as st:
+        return st.results()[COMPARE]
+
+
+class Crash(Exception):
+    pass
+
+
+def test_resume_after_a_crash_gives_the_uninterrupted_table(tmp_path):
+    cfg = parse_config(CFG)
+    full = run_benchmark(cfg, tmp_path / "full", quiet=True, report=False)
+    committed = []
+
+    def crash_after_two(res: CellResult) -> None:
+        committed.append(res.key)
+        if len(committed) == 2:
+            raise Crash
+
+    with pytest.raises(Crash):
+        run_benchmark(cfg, tmp_path / "part", quiet=True, report=False, on_cell=crash_after_two)
+    with Store.open(tmp_path / "part") as st:
+        assert st.done_cells() == set(committed)
+        assert st.get_meta()["finished_at"] is None
+        n_rows_partial = st.n_rows()
+    assert n_rows_partial == 2 * 2 * 6
+    resumed = run_benchmark(cfg, tmp_path / "part", resume=True, quiet=True, report=False)
+    assert resumed.n_resumed == 2 and resumed.n_run == full.n_cells - 2
+    pd.testing.assert_frame_equal(results(tmp_path / "full"), results(tmp_path / "part"))
+    with Store.open(tmp_path / "part") as st:
+        meta = st.get_meta()
+    assert meta["finished_at"] and len(meta["resumed_at"]) == 1
+
+
+def test_an_uncommitted_cell_leaves_nothing(tmp_path, monkeypatch):
+    """A failure inside the cell's transaction rolls back every row of it."""
+    store = Store(tmp_path / "results.db")
+    cell = expand(parse_config(CFG))[0]
+    store.plan([cell])
+    rows = [{"run": "r", "study": "s", "sample_index": i, "score": 0.5} for i in range(3)]
+    rows.append({"run": "r", "study": "s", "sample_index": object(), "score": 0.5})  # not storable: fails mid-insert
+    with pytest.raises(sqlite3.Error):
+        store.commit_cell(CellResult(cell.key, 0, "s", "lesions", "rand", "cnn.gradcam", False, rows=rows))
+    assert store.n_rows() == 0 and store.done_cells() == set()
+    store.commit_cell(CellResult(cell.key, 0, "s", "lesions", "rand", "cnn.gradcam", False, rows=rows[:3]))
+    store.commit_cell(CellResult(cell.key, 0, "s", "lesions", "rand", "cnn.gradcam", False, rows=rows[:3]))
+    assert store.n_rows() == 3 and store.done_cells() == {cell.key}  # recommitting never duplicates
+    store.close()
+
+
+def test_existing_results_are_protected(tmp_path):
+    cfg = parse_config(CFG)
+    run_benchmark(cfg, tmp_path / "r", quiet=True, report=False)
+    with pytest.raises(RunExistsError, match="--resume .* --force"):
+        run_benchmark(cfg, tmp_path / "r", quiet=True, report=False)
+    other = json.loads(json.dumps(CFG))
+    other["study"][0]["n_samples"] = 3
+    with pytest.raises(ConfigMismatchError, match="config hash"):
+        run_benchmark(parse_config(other), tmp_path / "r", resume=True, quiet=True, report=False)
+    again = run_benchmark(cfg, tmp_path / "r", resume=True, quiet=True, report=False)
+    assert again.n_run == 0 and again.n_resumed == again.n_cells
+    forced = run_benchmark(parse_config(other), tmp_path / "r", force=True, quiet=True, report=False)
+    assert forced.n_run == forced.n_cells
+    with Store.open(tmp_path / "r") as st:
+        assert st.n_rows() == forced.n_cells * 2 * 3
+
+
+# ----------------------------------------------------------------------------- real kill
+
+KILL_TOML = """
+name = "killme"
+seed = 1
+[[study]]
+name = "quick"
+datasets = ["lesions"]
+models = [{model = "cnn.small_resnet", label = "a"}]
+explainers = ["cnn.gradcam"]
+metrics = ["pointing_game", "iou"]
+n_samples = 4
+batch_size = 4
+baselines = []
+
+[[study]]
+name = "slow"
+datasets = ["lesions"]
+models = [{model = "cnn.small_resnet", label = "b", params = {channels = [16, 32, 64, 128]}}]
+explainers = ["cnn.gradcam", "cnn.hirescam", {name = "cnn.hirescam", label = "hires2", params = {layer = "layer2"}}]
+metrics = ["pointing_game", "iou", "relevance_rank"]
+n_samples = 32
+batch_size = 16
+"""
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-c", "from xaibench.cli import main; main()", *args]
+
+
+def _done(db: Path) -> int:
+    if not db.exists():
+        return 0
+    try:
+        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+        try:
+            return int(con.execute("SELECT COUNT(*) FROM cells WHERE status = 'done'").fetchone()[0])
+        finally:
+            con.close()
+    except sqlite3.OperationalError:  # tables not created yet
+        return 0
+
+
+@pytest.mark.slow
+def test_sigkill_mid_run_then_resume_equals_uninterrupted(tmp_path):
+    cfg_path = tmp_path / "kill.toml"
+    cfg_path.write_text(KILL_TOML)
+    env = {**os.environ, "XAIBENCH_QUIET": "1"}
+    total = 1 + 5  # quick: 1 cell; slow: 3 explainers + 2 baselines
+    # the uninterrupted reference runs alongside the doomed run (same machine, same settings)
+    ref = subprocess.Popen(_cli("run", str(cfg_path), "--out", str(tmp_path / "ref"), "--no-report"), env=env,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    victim = subprocess.Popen(_cli("run", str(cfg_path), "--out", str(tmp_path / "kill"), "--no-report"), env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    db = tmp_path / "kill" / "results.db"
+    deadline = time.time() + 120
+    try:
+        while _done(db) < 1:
+            assert victim.poll() is None, "the run ended before it could be killed"
+            assert time.time() < deadline, "no cell finished in time"
+            time.sleep(0.02)
+        victim.send_signal(signal.SIGKILL)
+        victim.wait(30)
+    finally:
+        if victim.poll() is None:
+            victim.kill()
+    n_done = _done(db)
+    assert 1 <= n_done < total, f"killed after {n_done} of {total} cells"
+    assert ref.wait(180) == 0, ref.stderr.read().decode()
+    resumed = subprocess.run(_cli("run", str(cfg_path), "--out", str(tmp_path / "kill"), "--resume", "--no-report"),
+                             env=env, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"{n_done} already done" in resumed.stdout
+    a, b = results(tmp_path / "ref"), results(tmp_path / "kill")
+    assert len(a) == 4 * 2 + 5 * 3 * 32
+    pd.testing.assert_frame_equal(a, b)
