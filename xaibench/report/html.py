@@ -57,16 +57,12 @@ def comparison_html(t: ComparisonTable) -> str:
     body = []
     for row in t.rows:
         tds = [f"<td class='key'>{e(row[0])}</td>", f"<td class='key'>{e(row[1])}</td>"]
-        for metric in t.metrics:
-            for meth in t.methods:
-                v = t.get(row, metric, meth)
-                if v is None:
-                    tds.append("<td></td>")
-                    continue
-                cls = [c for c in (v.mark, "baseline" if v.is_baseline else None,
-                                   "below" if v.below_baseline else None) if c]
-                title = f"n={v.n}, undefined={v.n_undefined}"
-                tds.append(f"<td class='{' '.join(cls)}' title='{title}'>{e(v.text())}</td>")
+        for v in t.row_values(row):
+            if v is None:
+                tds.append("<td></td>")
+                continue
+            cls = [c for c in (v.mark, "baseline" if v.is_baseline else None, "below" if v.below_baseline else None) if c]
+            tds.append(f"<td class='{' '.join(cls)}' title='n={v.n}, undefined={v.n_undefined}'>{e(v.text())}</td>")
         body.append("<tr>" + "".join(tds) + "</tr>")
     return f"<div class='scroll'><table class='comparison'><thead>{h1}{h2}</thead><tbody>{''.join(body)}</tbody></table></div>"
 

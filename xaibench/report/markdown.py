@@ -28,26 +28,16 @@ def _frame(df: pd.DataFrame, digits: int = 2) -> list[str]:
     return _md_table([str(c) for c in df.columns], rows)
 
 
+def _md_value(v: Any) -> str:
+    if v is None:
+        return ""
+    s = {"best": "**{}**", "second": "<u>{}</u>"}.get(v.mark or "", "{}").format(v.text())
+    return s + (" †" if v.below_baseline else "")
+
+
 def comparison_md(t: ComparisonTable) -> list[str]:
     header = ["dataset", "model"] + [f"{m}: {meth}" for m in t.metrics for meth in t.methods]
-    rows = []
-    for row in t.rows:
-        cells = list(row)
-        for metric in t.metrics:
-            for meth in t.methods:
-                v = t.get(row, metric, meth)
-                if v is None:
-                    cells.append("")
-                    continue
-                s = v.text()
-                if v.mark == "best":
-                    s = f"**{s}**"
-                elif v.mark == "second":
-                    s = f"<u>{s}</u>"
-                if v.below_baseline:
-                    s += " †"
-                cells.append(s)
-        rows.append(cells)
+    rows = [list(row) + [_md_value(v) for v in t.row_values(row)] for row in t.rows]
     return _md_table(header, rows)
 
 

@@ -53,6 +53,10 @@ class ComparisonTable:
     def get(self, row: Row, metric: str, method: str) -> Value | None:
         return self.values.get((row, metric, method))
 
+    def row_values(self, row: Row) -> list[Value | None]:
+        """The row's cells in column order (metric-major, then method); None where absent."""
+        return [self.get(row, metric, meth) for metric in self.metrics for meth in self.methods]
+
 
 def fmt(x: float, digits: int = 3) -> str:
     return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"

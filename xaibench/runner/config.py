@@ -154,10 +154,10 @@ def resolve_config_path(config: str | Path | None) -> Path:
     if config is None:
         config = "default"
     p = Path(config)
-    if p.suffix == ".toml" or p.exists():
-        if not p.is_file():
-            raise ConfigError(f"benchmark file {str(p)!r} does not exist")
+    if p.is_file():
         return p
+    if p.suffix == ".toml" or len(p.parts) > 1:
+        raise ConfigError(f"benchmark file {str(p)!r} does not exist")
     builtin = BENCHMARKS_DIR / f"{config}.toml"
     if builtin.is_file():
         return builtin

@@ -98,11 +98,14 @@ def _target(study: Study, batch: Batch, cell: Cell) -> Tensor | None:
 
 
 def _small(v: Any, k: int) -> Any:
-    """First k samples of a per-sample tensor, if small enough to keep."""
+    """First k samples of a per-sample tensor (or list of tensors), if small enough to keep; else None."""
     if isinstance(v, Tensor):
         v = v[:k].detach().cpu().clone()
         return v if v.numel() * v.element_size() <= MAX_EXAMPLE_BYTES else None
-    return v
+    if isinstance(v, (list, tuple)) and all(isinstance(x, Tensor) for x in v[:k]):
+        items = [_small(x[None], 1) for x in v[:k]]
+        return None if any(x is None for x in items) else [x[0] for x in items]
+    return None
 
 
 def examples_of(cell: Cell, attr: Attribution, batch: Batch) -> dict[str, Any]:
@@ -185,7 +188,8 @@ def run_cell(state: _JobState, cell: Cell, on_batch: BatchCallback) -> CellResul
     study, ctx = cell.study, state.ctx
     seed_everything(cell_seed(ctx.seed, cell.key))
     batches = state.batches_of(cell.dataset)
-    is_first = cell.baseline is None and cell.explainer.label == study.explainers[0].label
+    # the first explainer's maps give the baselines their kind and shape (kept only if baselines follow)
+    is_first = bool(study.baselines) and cell.baseline is None and cell.explainer.label == study.explainers[0].label
     if cell.baseline is None:
         explainer = create_explainer(cell.explainer.name, state.model, **cell.explainer.params)
         ex_params = _json(explainer.get_params())
@@ -198,11 +202,9 @@ def run_cell(state: _JobState, cell: Cell, on_batch: BatchCallback) -> CellResul
     start = 0
     for i, batch in enumerate(batches):
         target = _target(study, batch, cell)
+        like = state.like_of(cell, i, batch) if cell.baseline is not None else None
         t0 = time.perf_counter()
-        if cell.baseline is None:
-            attr = explainer.explain_batch(batch, target)
-        else:
-            attr = base_fn(state.like_of(cell, i, batch), batch, ctx.seed)
+        attr = explainer.explain_batch(batch, target) if like is None else base_fn(like, batch, ctx.seed)
         dt = time.perf_counter() - t0
         if is_first:
             likes.append(attr)
