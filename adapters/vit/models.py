@@ -11,7 +11,7 @@ self-supervised pre-trained, then fine-tuned), scaled to CPU training:
 
 Zoo names: ``vit_<dataset>_<init>`` for dataset in large, faint, thin, multi (``roi_*``).
 Train one with ``xaibench zoo train vit_large_mae`` (it trains the pre-training entry first
-when its weights are missing). Weights are stored in float32 (~0.6 MB each).
+when its weights are missing). Weights are stored in float32 (~0.35 MB each).
 """
 
 from __future__ import annotations
@@ -29,14 +29,14 @@ from xaibench.zoo import ZooEntry, register_zoo, train_classifier
 
 WEIGHTS = Path(__file__).parent / "weights"
 #: the architecture every zoo ViT shares (64 px, 8 px patches: an 8×8 grid + class token)
-SMALL_VIT = {"img_size": 64, "patch_size": 8, "embed_dim": 64, "depth": 4, "num_heads": 4, "mlp_ratio": 2.0}
+SMALL_VIT = {"img_size": 64, "patch_size": 8, "embed_dim": 48, "depth": 4, "num_heads": 3, "mlp_ratio": 2.0}
 DATASETS = {"large": "roi_large", "faint": "roi_faint", "thin": "roi_thin", "multi": "roi_multi"}
 INITS = ("random", "supervised", "mae")
 
 
 @register_model("vit.small")
 def small_vit(num_classes: int = 2, **overrides: Any) -> nn.Module:
-    """A small timm ``VisionTransformer`` (64 px, patch 8, dim 64, 4 blocks, 4 heads; ~150k parameters)."""
+    """A small timm ``VisionTransformer`` (64 px, patch 8, dim 48, 4 blocks, 3 heads; ~85k parameters)."""
     from timm.models.vision_transformer import VisionTransformer
     return VisionTransformer(num_classes=num_classes, **{**SMALL_VIT, **overrides})
 
@@ -141,13 +141,13 @@ register_zoo(ZooEntry(
     name="vit_pre_supervised", model="vit.small", model_params={"num_classes": 4},
     train=train_supervised_pretrain, weights_dir=WEIGHTS, seed=0, dataset="shape_classes",
     description="small ViT pre-trained (supervised) to tell 4 shapes apart; the 'supervised' init",
-    extra={"init": "random", "n_train": 4096, "epochs": 12, "lr": 1e-3},
+    extra={"init": "random", "n_train": 4096, "epochs": 8, "lr": 1e-3, "batch_size": 32},
 ))
 register_zoo(ZooEntry(
     name="vit_pre_mae", model="vit.mae", model_params={},
     train=train_mae_pretrain, weights_dir=WEIGHTS, seed=0, dataset="shape_classes",
     description="small ViT pre-trained as a masked autoencoder (75% of patches hidden); the 'mae' init",
-    extra={"n_train": 4096, "epochs": 12, "lr": 1.5e-3, "mask_ratio": 0.75},
+    extra={"n_train": 4096, "epochs": 8, "lr": 1.5e-3, "mask_ratio": 0.75, "batch_size": 32},
 ))
 for _short, _ds in DATASETS.items():
     for _init in INITS:
@@ -155,5 +155,6 @@ for _short, _ds in DATASETS.items():
             name=f"vit_{_short}_{_init}", model="vit.small", model_params={"num_classes": 2},
             train=train_finetune, weights_dir=WEIGHTS, seed=0, dataset=_ds,
             description=f"small ViT on {_ds}, {_init} initialisation, fine-tuned",
-            extra={"init": _init, "n_train": 2048, "epochs": 10, "lr": 1e-3 if _init == "random" else 5e-4},
+            extra={"init": _init, "n_train": 2048, "epochs": 8, "batch_size": 32,
+                   "lr": 1e-3 if _init == "random" else 5e-4},
         ))

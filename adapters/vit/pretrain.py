@@ -97,7 +97,7 @@ def train_mae(model: MaskedAutoencoder, pool: Batch, *, epochs: int, lr: float, 
                 loss.backward()
                 opt.step()
                 sched.step()
-                total += float(loss) * len(batch)
+                total += loss.item() * len(batch)
                 advance(1)
             losses.append(total / len(pool))
     model.eval()
