@@ -42,6 +42,9 @@ LEGEND = ("<b>bold / green</b> = best in the row for that metric (its better dir
           "Cells: mean [95% bootstrap CI].")
 
 
+KEY_COLUMNS = {"study", "dataset", "model", "explainer", "metric", "baseline"}
+
+
 def e(x: Any) -> str:
     return html.escape(str(x))
 
@@ -69,12 +72,11 @@ def comparison_html(t: ComparisonTable) -> str:
 
 def frame_html(df: pd.DataFrame, digits: int = 2) -> str:
     head = "".join(f"<th>{e(c)}</th>" for c in df.columns)
+    keys = [c in KEY_COLUMNS for c in df.columns]
     rows = []
     for r in df.itertuples(index=False):
-        tds = []
-        for v in r:
-            txt = fmt(v, digits) if isinstance(v, float) else str(v)
-            tds.append(f"<td class='{'key' if isinstance(v, str) else ''}'>{e(txt)}</td>")
+        tds = [f"<td class='{'key' if k else ''}'>{e(fmt(v, digits) if isinstance(v, float) else v)}</td>"
+               for v, k in zip(r, keys)]
         rows.append("<tr>" + "".join(tds) + "</tr>")
     return f"<div class='scroll'><table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table></div>"
 
