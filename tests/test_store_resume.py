@@ -22,7 +22,7 @@ CFG = {
     "study": [{
         "name": "s", "datasets": ["lesions"], "models": [{"model": "cnn.small_resnet", "label": "rand"}],
         "explainers": ["cnn.gradcam", {"name": "cnn.hirescam", "label": "hires3", "params": {"layer": "layer3"}}],
-        "metrics": ["pointing_game", "iou"], "n_samples": 6, "batch_size": 3,
+        "metrics": ["pointing_game", "iou"], "n_samples": 4, "batch_size": 4,
     }],
 }
 COMPARE = [c for c in ("run", "study", "dataset", "model", "explainer", "explainer_key", "metric", "metric_key",
@@ -55,7 +55,7 @@ def test_resume_after_a_crash_gives_the_uninterrupted_table(tmp_path):
         assert st.done_cells() == set(committed)
         assert st.get_meta()["finished_at"] is None
         n_rows_partial = st.n_rows()
-    assert n_rows_partial == 2 * 2 * 6
+    assert n_rows_partial == 2 * 2 * 4
     resumed = run_benchmark(cfg, tmp_path / "part", resume=True, quiet=True, report=False)
     assert resumed.n_resumed == 2 and resumed.n_run == full.n_cells - 2
     pd.testing.assert_frame_equal(results(tmp_path / "full"), results(tmp_path / "part"))
