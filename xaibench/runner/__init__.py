@@ -4,7 +4,8 @@
     result = run_benchmark("default")            # -> reports/default/ (results.db, report.html, ...)
 """
 
-from .config import BenchmarkConfig, Cell, ConfigError, Spec, Study, expand, list_benchmarks, load_config, parse_config
+from .config import BenchmarkConfig, Cell, Study, expand, list_benchmarks, load_config, parse_config
+from .specs import ConfigError, Spec
 from .executor import EXECUTORS, Executor, Job, LocalExecutor, create_executor, register_executor
 from .run import ConfigMismatchError, RunExistsError, RunResult, run_benchmark
 from .store import RESULT_COLUMNS, CellResult, Store

@@ -26,12 +26,14 @@ from __future__ import annotations
 import copy
 import difflib
 import hashlib
-import inspect
 import json
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from .specs import (ConfigError, Spec, as_int, check_keys, check_registered, dataset_spec, explainer_spec, metric_spec,
+                    model_spec, unique_labels)
 
 #: Folder of the built-in benchmarks (``xaibench run NAME`` -> ``NAME.toml`` here).
 BENCHMARKS_DIR = Path(__file__).resolve().parent.parent / "benchmarks"
@@ -42,35 +44,6 @@ STUDY_KEYS = {"name", "description", "datasets", "models", "explainers", "metric
 STUDY_DEFAULTS: dict[str, Any] = {"n_samples": 32, "batch_size": 16, "target": "label",
                                   "baselines": ["random", "centre"]}
 TARGETS = ("label", "predicted")
-
-
-class ConfigError(ValueError):
-    """A benchmark configuration is invalid; the message names the key and the fix."""
-
-
-@dataclass(frozen=True)
-class Spec:
-    """One entry of a study list: a registry ``name``, a display ``label`` and ``params``.
-
-    For models, ``name`` is the zoo key (``source="zoo"``) or the model builder
-    (``source="model"``); ``weights`` an optional safetensors path.
-    """
-
-    name: str
-    label: str
-    params: dict[str, Any] = field(default_factory=dict)
-    source: str = ""
-    weights: str | None = None
-    digest: str | None = None
-
-    def record(self) -> dict[str, Any]:
-        """Plain data for the config record; weights enter by content digest, not by path."""
-        d: dict[str, Any] = {"name": self.name, "label": self.label, "params": self.params}
-        if self.source:
-            d["source"] = self.source
-        if self.digest:
-            d["weights_sha256"] = self.digest
-        return d
 
 
 @dataclass(frozen=True)
@@ -203,11 +176,11 @@ def load_config(config: str | Path | None = None, *, n_samples: int | None = Non
 def parse_config(raw: dict[str, Any], *, source: str = "<dict>", base_dir: Path | None = None) -> BenchmarkConfig:
     """Validate a benchmark given as a dict (the parsed TOML). See :func:`load_config`."""
     where = source
-    _unknown_keys(raw, TOP_KEYS, where)
+    check_keys(raw, TOP_KEYS, where)
     name = raw.get("name")
     if not isinstance(name, str) or not name.strip():
         raise ConfigError(f"{where}: top-level 'name' must be a non-empty string, got {name!r}")
-    seed = _int(raw.get("seed", 0), f"{where}: seed")
+    seed = as_int(raw.get("seed", 0), f"{where}: seed")
     studies_raw = raw.get("study")
     if not isinstance(studies_raw, list) or not studies_raw:
         raise ConfigError(f"{where}: needs at least one [[study]] block")
@@ -227,7 +200,7 @@ def _parse_study(st: Any, i: int, defaults: dict[str, Any], seed: int, where: st
     at = f"{where}: study[{i}]"
     if not isinstance(st, dict):
         raise ConfigError(f"{at}: expected a table, got {type(st).__name__}")
-    _unknown_keys(st, STUDY_KEYS, at)
+    check_keys(st, STUDY_KEYS, at)
     name = st.get("name", f"study{i}")
     if not isinstance(name, str) or not name or "/" in name:
         raise ConfigError(f"{at}.name: expected a non-empty string without '/', got {name!r}")
@@ -236,12 +209,12 @@ def _parse_study(st: Any, i: int, defaults: dict[str, Any], seed: int, where: st
     for key in ("datasets", "models", "explainers", "metrics"):
         if not isinstance(s.get(key), list) or not s[key]:
             raise ConfigError(f"{at}.{key}: expected a non-empty list, got {s.get(key)!r}")
-    datasets = _labelled([_dataset_spec(d, f"{at}.datasets[{j}]") for j, d in enumerate(s["datasets"])], f"{at}.datasets")
-    models = _labelled([_model_spec(m, f"{at}.models[{j}]", base_dir) for j, m in enumerate(s["models"])], f"{at}.models")
-    explainers = _labelled([_explainer_spec(e, f"{at}.explainers[{j}]") for j, e in enumerate(s["explainers"])], f"{at}.explainers")
-    metrics = _labelled([_metric_spec(m, f"{at}.metrics[{j}]") for j, m in enumerate(s["metrics"])], f"{at}.metrics")
-    n = _int(s["n_samples"], f"{at}.n_samples", minimum=1)
-    bs = _int(s["batch_size"], f"{at}.batch_size", minimum=1)
+    datasets = unique_labels([dataset_spec(d, f"{at}.datasets[{j}]") for j, d in enumerate(s["datasets"])], f"{at}.datasets")
+    models = unique_labels([model_spec(m, f"{at}.models[{j}]", base_dir) for j, m in enumerate(s["models"])], f"{at}.models")
+    explainers = unique_labels([explainer_spec(e, f"{at}.explainers[{j}]") for j, e in enumerate(s["explainers"])], f"{at}.explainers")
+    metrics = unique_labels([metric_spec(m, f"{at}.metrics[{j}]") for j, m in enumerate(s["metrics"])], f"{at}.metrics")
+    n = as_int(s["n_samples"], f"{at}.n_samples", minimum=1)
+    bs = as_int(s["batch_size"], f"{at}.batch_size", minimum=1)
     target = s["target"]
     if target not in TARGETS:
         raise ConfigError(f"{at}.target: expected one of {TARGETS}, got {target!r}")
@@ -250,157 +223,10 @@ def _parse_study(st: Any, i: int, defaults: dict[str, Any], seed: int, where: st
         raise ConfigError(f"{at}.baselines: expected a list of names, got {baselines!r}")
     from ..registry import BASELINES
     for j, b in enumerate(baselines):
-        _check_registered(BASELINES, b, f"{at}.baselines[{j}]")
+        check_registered(BASELINES, b, f"{at}.baselines[{j}]")
     return Study(name=name, datasets=datasets, models=models, explainers=explainers, metrics=metrics,
                  n_samples=n, batch_size=bs, target=target, baselines=tuple(dict.fromkeys(baselines)),
-                 seed=_int(st.get("seed", seed), f"{at}.seed"), description=str(st.get("description", "")))
-
-
-# ----------------------------------------------------------------------------- specs
-
-def _entry(x: Any, at: str, keys: set[str], name_key: str = "name") -> tuple[str, str | None, dict[str, Any], dict[str, Any]]:
-    if isinstance(x, str):
-        return x, None, {}, {}
-    if not isinstance(x, dict):
-        raise ConfigError(f"{at}: expected a name or a table {{name=..., label=..., params={{...}}}}, got {x!r}")
-    _unknown_keys(x, keys, at)
-    name = x.get(name_key)
-    if not isinstance(name, str) or not name:
-        raise ConfigError(f"{at}: missing {name_key!r} (a registry name), got {x!r}")
-    label = x.get("label")
-    if label is not None and (not isinstance(label, str) or not label or "/" in label):
-        raise ConfigError(f"{at}.label: expected a non-empty string without '/', got {label!r}")
-    params = x.get("params", {})
-    if not isinstance(params, dict):
-        raise ConfigError(f"{at}.params: expected a table, got {params!r}")
-    return name, label, _plain(params), x
-
-
-def _plain(params: dict[str, Any]) -> dict[str, Any]:
-    """TOML values as JSON-able plain data (arrays stay lists)."""
-    return json.loads(json.dumps(params, default=str))
-
-
-def _check_registered(reg: Any, name: str, at: str) -> Any:
-    try:
-        return reg.entry(name)
-    except KeyError as exc:
-        raise ConfigError(f"{at}: {exc.args[0]}") from None
-
-
-def _check_settings(params: dict[str, Any], accepted: set[str] | None, at: str, who: str) -> None:
-    if accepted is None:
-        return
-    for k in params:
-        if k not in accepted:
-            close = difflib.get_close_matches(k, sorted(accepted), n=3, cutoff=0.5)
-            hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-            raise ConfigError(f"{at}.params.{k}: {who} has no setting {k!r}{hint} (accepted: {sorted(accepted)})")
-
-
-def _signature_keys(fn: Any) -> set[str] | None:
-    try:
-        sig = inspect.signature(fn)
-    except (TypeError, ValueError):
-        return None
-    if any(p.kind == p.VAR_KEYWORD for p in sig.parameters.values()):
-        return None
-    return {k for k, p in sig.parameters.items() if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
-
-
-def _dataset_spec(x: Any, at: str) -> Spec:
-    from ..registry import DATASETS
-    name, label, params, _ = _entry(x, at, {"name", "label", "params"})
-    obj = _check_registered(DATASETS, name, at).obj
-    reserved = {"n", "batch_size", "seed", "split"} & set(params)
-    if reserved:
-        raise ConfigError(f"{at}.params: {sorted(reserved)} are set by the runner (use the study's "
-                          "n_samples / batch_size / seed); remove them")
-    accepted = set(getattr(obj, "defaults", {})) if isinstance(obj, type) and hasattr(obj, "defaults") else _signature_keys(obj)
-    _check_settings(params, accepted, at, f"dataset {name!r}")
-    return Spec(name=name, label=label or name, params=params)
-
-
-def _model_spec(x: Any, at: str, base_dir: Path | None) -> Spec:
-    from ..registry import MODELS, ZOO
-    if isinstance(x, str):
-        x = {"zoo": x}
-    if not isinstance(x, dict):
-        raise ConfigError(f"{at}: expected a zoo name or a table {{zoo=...}} / {{model=..., params=...}}, got {x!r}")
-    if ("zoo" in x) == ("model" in x):
-        raise ConfigError(f"{at}: give exactly one of 'zoo' (a zoo model) or 'model' (a model builder), got {x!r}")
-    weights = x.get("weights")
-    if weights is not None:
-        if not isinstance(weights, str):
-            raise ConfigError(f"{at}.weights: expected a path string, got {weights!r}")
-        wp = Path(weights)
-        if not wp.is_absolute() and base_dir is not None:
-            wp = base_dir / wp
-        if not wp.is_file():
-            raise ConfigError(f"{at}.weights: no file at {str(wp)!r}")
-        weights = str(wp.resolve())
-    if "zoo" in x:
-        name, label, params, _ = _entry(x, at, {"zoo", "label", "weights"}, name_key="zoo")
-        entry = _check_registered(ZOO, name, at).obj
-        if weights is None and not Path(entry.weights_path).is_file():
-            raise ConfigError(f"{at}: zoo model {name!r} has no weights at {entry.weights_path}; "
-                              f"train them with `xaibench zoo train {name}`")
-        digest = _digest(Path(weights) if weights else Path(entry.weights_path))
-        return Spec(name=name, label=label or name, source="zoo", weights=weights, digest=digest)
-    name, label, params, _ = _entry(x, at, {"model", "label", "params", "weights"}, name_key="model")
-    fn = _check_registered(MODELS, name, at).obj
-    _check_settings(params, _signature_keys(fn), at, f"model {name!r}")
-    return Spec(name=name, label=label or name, params=params, source="model", weights=weights,
-                digest=_digest(Path(weights)) if weights else None)
-
-
-def _digest(path: Path) -> str:
-    """Short sha256 of a weights file: a retrained model changes the config hash."""
-    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
-
-
-def _explainer_spec(x: Any, at: str) -> Spec:
-    from ..registry import EXPLAINERS
-    name, label, params, _ = _entry(x, at, {"name", "label", "params"})
-    if name.startswith("baseline."):
-        raise ConfigError(f"{at}: baselines are not explainers; list them in the study's 'baselines'")
-    cls = _check_registered(EXPLAINERS, name, at).obj
-    _check_settings(params, set(getattr(cls, "defaults", {})), at, f"explainer {name!r}")
-    return Spec(name=name, label=label or name, params=params)
-
-
-def _metric_spec(x: Any, at: str) -> Spec:
-    from ..metric import _defaults
-    from ..registry import METRICS
-    name, label, params, _ = _entry(x, at, {"name", "label", "params"})
-    fn = _check_registered(METRICS, name, at).obj
-    _check_settings(params, set(_defaults(fn)), at, f"metric {name!r}")
-    return Spec(name=name, label=label or name, params=params)
-
-
-def _labelled(specs: list[Spec], at: str) -> tuple[Spec, ...]:
-    labels = [s.label for s in specs]
-    dup = sorted({lb for lb in labels if labels.count(lb) > 1})
-    if dup:
-        raise ConfigError(f"{at}: labels must be unique, repeated: {dup}; give the entries distinct "
-                          "label=\"...\" values")
-    return tuple(specs)
-
-
-def _unknown_keys(d: dict[str, Any], allowed: set[str], at: str) -> None:
-    for k in d:
-        if k not in allowed:
-            close = difflib.get_close_matches(k, sorted(allowed), n=3, cutoff=0.5)
-            hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-            raise ConfigError(f"{at}: unknown key {k!r}{hint} (allowed: {sorted(allowed)})")
-
-
-def _int(v: Any, at: str, minimum: int | None = None) -> int:
-    if isinstance(v, bool) or not isinstance(v, int):
-        raise ConfigError(f"{at}: expected an integer, got {v!r}")
-    if minimum is not None and v < minimum:
-        raise ConfigError(f"{at}: must be >= {minimum}, got {v}")
-    return int(v)
+                 seed=as_int(st.get("seed", seed), f"{at}.seed"), description=str(st.get("description", "")))
 
 
 # ----------------------------------------------------------------------------- grid
