@@ -251,12 +251,7 @@ class ViTGradCAM(GradCAM):
                              "choose a layer inside the transformer blocks")
         return t[:, lay.num_prefix:].reshape(t.shape[0], *lay.grid, t.shape[-1]).permute(0, 3, 1, 2)
 
-    def explain(self, inputs: Tensor, target: Target = None) -> Attribution:
-        self.check_inputs(inputs)
-        acts, grads, t = self.layer_gradients(inputs, target)
-        cam = self.cam(self.to_spatial(acts, inputs), self.to_spatial(grads, inputs))
-        if self.params["relu"]:
-            cam = cam.clamp_min(0)
-        tokens = cam.flatten(1)
-        pixel = token_to_pixel(tokens, self._layout.grid, tuple(inputs.shape[-2:]))
-        return self._attribution(tokens, grid=self._layout.grid, pixel=pixel.detach(), layer_map=cam.detach(), target=t)
+    def _attribution(self, values: Tensor, **extras: Any) -> Attribution:
+        # the CAM base class hands over the (B, H, W) upsampled map; the tokens are its layer map
+        tokens = extras["layer_map"].flatten(1)
+        return super()._attribution(tokens, grid=self._layout.grid, pixel=values.detach(), **extras)
