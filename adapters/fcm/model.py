@@ -115,14 +115,24 @@ class ReluFormerLayer(nn.Module):
 
 
 def _layer_nograd(layer: ReluFormerLayer, x: Tensor, chunk: int, out: Tensor) -> tuple[Tensor, Tensor]:
-    """Chunked no-grad block: sums in one pass, outputs written into ``out`` in a second. Returns the sums."""
+    """Chunked no-grad block: one pass computes q, k, v with one GEMM, accumulates the sums and
+    keeps ReLU(Q); a second writes each chunk's output into ``out`` (may be ``x``) in place.
+    Returns the sums."""
     parts = _chunks(x.shape[1], chunk)
+    d = x.shape[-1]
+    phi_q = torch.empty_like(x)
     s = z = None
     for a, b in parts:
-        sc, zc = layer.sums(x[:, a:b])
+        q, k, v = layer.attn.qkv(layer.norm1(x[:, a:b])).split(d, -1)
+        torch.clamp_min(q, 0, out=phi_q[:, a:b])
+        sc, zc = kv_sums(F.relu(k), v, layer.attn.block)
         s, z = (sc, zc) if s is None else (s + sc, z + zc)
+    if out is not x:
+        out.copy_(x)
     for a, b in parts:
-        out[:, a:b] = layer.attend(x[:, a:b], s, z)
+        xc = out[:, a:b]
+        xc += layer.attn.proj(linear_attend(phi_q[:, a:b], s, z, layer.attn.head_of, layer.eps))
+        xc += layer.ffn(layer.norm2(xc))
     return s, z
 
 
@@ -224,7 +234,7 @@ class ReluFormer(nn.Module):
 
     def __init__(self, n_markers: int, d_model: int = 64, n_heads: int = 4, n_layers: int = 2, ffn_mult: int = 4,
                  task: str = "classify", n_classes: int = 2, gate_dims: Sequence[Sequence[int]] = (),
-                 gate_names: Sequence[str] = (), n_vertices: int = 8, chunk_size: int = 16384, eps: float = 1e-6) -> None:
+                 gate_names: Sequence[str] = (), n_vertices: int = 8, chunk_size: int = 65536, eps: float = 1e-6) -> None:
         super().__init__()
         if task not in ("classify", "polygon"):
             raise ValueError(f"fcm.reluformer: task must be 'classify' or 'polygon', got {task!r}")
