@@ -4,8 +4,8 @@ The ViT attention-map study found that the size and shape of the region of inter
 drive pointing game and IoU more than the method does. These generators reproduce its
 four regimes with exact ground truth; in each the class label depends only on the region:
 
-- ``roi_large``  (Kvasir-like): one large polyp-like blob; class = smooth (0) vs pitted
-  surface texture (1).
+- ``roi_large``  (Kvasir-like): one large polyp-like blob; class = raised (0, brighter) vs
+  depressed (1, darker).
 - ``roi_faint``  (DUKE-like, the hard regime): one small, faint lesion; class = enhancing
   (brighter, 0) vs hypo-intense (darker, 1).
 - ``roi_thin``   (MURA-like): a thin elongated crack across a bone-like band at a random
@@ -130,26 +130,20 @@ class ROIImages(SampleDataset):
 
 @register_dataset("roi_large")
 class ROILarge(ROIImages):
-    """Large single polyp-like object (Kvasir regime): smooth (0) vs pitted surface (1).
+    """Large single polyp-like object (Kvasir regime): raised (0, bright dome) vs depressed
+    (1, dark crater), as in the Paris classification of polyps.
 
-    Settings: ``radius`` (min, max) fraction of the side; ``contrast`` (min, max) dome height;
-    ``pits`` amplitude of the class-1 surface texture.
+    Settings: ``radius`` (min, max) fraction of the side; ``contrast`` (min, max) dome height.
+    Small distractor spots of either polarity lie outside the object.
     """
 
-    defaults = {**ROIImages.defaults, "radius": (0.16, 0.28), "contrast": (0.12, 0.25), "pits": 0.12,
-                "tint": (1.1, 0.8, 0.75)}
+    defaults = {**ROIImages.defaults, "radius": (0.16, 0.28), "contrast": (0.12, 0.25), "tint": (1.1, 0.8, 0.75)}
 
     def draw(self, rng, img, cls):
         s, p = img.shape[0], self.params
         mask, rel = blob(rng, s, rng.uniform(*p["radius"]) * s, lobes=0.1)
         contrast = rng.uniform(*p["contrast"])
-        img = img + contrast * np.clip(1.15 - rel**2, 0, 1) * mask
-        if cls == 1:  # a pit pattern: a fine grid of dots inside the object only
-            yy, xx = grid(s)
-            period, ang = rng.uniform(3.0, 4.5), rng.uniform(0, np.pi)
-            u, v = xx * np.cos(ang) + yy * np.sin(ang), -xx * np.sin(ang) + yy * np.cos(ang)
-            pits = np.cos(2 * np.pi * u / period) * np.cos(2 * np.pi * v / period)
-            img = img - p["pits"] * (pits > 0.3) * mask
+        img = img + (1 if cls == 0 else -1) * contrast * np.clip(1.15 - rel**2, 0, 1) * mask
         for _ in range(int(rng.integers(1, 4))):  # small distractor spots of either polarity
             dm, _ = blob(rng, s, rng.uniform(0.02, 0.035) * s, lobes=0.0)
             img = img + rng.choice([-1, 1]) * 0.12 * (dm & ~mask)
