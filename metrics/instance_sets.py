@@ -62,6 +62,8 @@ def top_k_positive_fraction(attr: Attribution, batch: Batch, *, k: float = 0.05,
     Args:
         k: the top fraction (default 0.05, the paper's 5%).
         head: for ``event_head``: a head index, or ``"mean"`` / ``"max"`` over the per-head scores.
+            A head index on an attribution without heads scores NaN (one metric entry per head
+            in a study then stays blank for gradient maps instead of repeating their score).
 
     Returns:
         (B,) scores in [0, 1]; NaN for a sample with no positive events.
@@ -78,4 +80,7 @@ def top_k_positive_fraction(attr: Attribution, batch: Batch, *, k: float = 0.05,
     frac = top_k_counts(s, labels, n_top) / n_pos.clamp(min=1, max=n_top)[:, None]
     frac = frac.max(1).values if head == "max" else frac.mean(1)
     frac = torch.where(n_pos > 0, frac, torch.full_like(frac, math.nan))
+    if not isinstance(head, str) and attr.kind != "event_head":  # a per-head entry on a map without heads
+        why = f"head={head} asks for one head; {attr.kind!r} attributions have none"
+        return MetricScores(torch.full_like(frac, math.nan), [why] * len(frac))
     return MetricScores.from_nan(frac.float(), NO_POS)
