@@ -156,5 +156,5 @@ for _short, _ds in DATASETS.items():
             train=train_finetune, weights_dir=WEIGHTS, seed=0, dataset=_ds,
             description=f"small ViT on {_ds}, {_init} initialisation, fine-tuned",
             extra={"init": _init, "n_train": 2048, "epochs": 8, "batch_size": 32,
-                   "lr": 1e-3 if _init == "random" else 5e-4},
+                   "lr": 5e-4 if _init == "supervised" else 1e-3},
         ))
