@@ -85,21 +85,31 @@ def select_events(rule: Any, predicted: Tensor | None, labels: Tensor | None, wh
     return lab & predicted
 
 
-class EventGradient(Explainer):
-    """Base of event-gradient explainers: the events' gradient of a scalar built from the model output."""
-
-    kind = "event_vector"
+class EventExplainer(Explainer):
+    """Base of the FCM explainers: :meth:`explain` on bare events; :meth:`explain_batch` also passes
+    the batch's per-event labels (for label-based selections) and adds ``labels`` and ``markers``
+    to the extras (for figures). Subclasses implement ``_explain(inputs, target, labels)``."""
 
     def explain(self, inputs: Tensor, target: Target = None) -> Attribution:
         return self._explain(inputs, target, None)
 
     def explain_batch(self, batch: Batch, target: Target = None) -> Attribution:
         attr = self._explain(batch.inputs, target, batch.instance_labels)
-        markers = batch.meta.get("markers")
-        return attr.replace(extras={**attr.extras, **({"markers": tuple(markers)} if markers else {})})
+        extras = dict(attr.extras)
+        if batch.instance_labels is not None:
+            extras["labels"] = batch.instance_labels.bool()
+        if batch.meta.get("markers"):
+            extras["markers"] = tuple(batch.meta["markers"])
+        return attr.replace(extras=extras)
 
     def _explain(self, inputs: Tensor, target: Target, labels: Tensor | None) -> Attribution:
         raise NotImplementedError
+
+
+class EventGradient(EventExplainer):
+    """Base of event-gradient explainers: the events' gradient of a scalar built from the model output."""
+
+    kind = "event_vector"
 
 
 @register_explainer("fcm.gradient")
@@ -114,7 +124,7 @@ class ClassGradient(EventGradient):
 
     Returns an ``event_vector`` Attribution (B, N, m): raw gradients (the direction in marker
     space that most increases the selected outputs). ``extras``: ``selection`` (B, N) bool,
-    ``predicted`` (B, N) bool, ``labels`` (B, N) when known, ``target`` (B,).
+    ``predicted`` (B, N) bool, ``target`` (B,) (and from ``explain_batch`` ``labels``, ``markers``).
     Target: the class index (default 1, blasts).
 
     Example:
@@ -154,8 +164,6 @@ class ClassGradient(EventGradient):
         t = class_targets(target, inputs.shape[0])
         g, sel, pred = self.gradient(inputs, t, self.params["selection"], labels)
         extras = {"selection": sel, "predicted": pred, "target": t}
-        if labels is not None:
-            extras["labels"] = labels.bool()
         return self._attribution(g, **extras)
 
 
@@ -189,8 +197,6 @@ class SmoothGradient(ClassGradient):
             noise = lo + (hi - lo) * torch.rand((1, *inputs.shape[1:]), generator=g, dtype=inputs.dtype)
             total += self.gradient(inputs + noise, t, sel, labels)[0]
         extras = {"selection": sel, "predicted": predicted, "target": t}
-        if labels is not None:
-            extras["labels"] = labels.bool()
         return self._attribution(total / n, **extras)
 
 
@@ -211,7 +217,7 @@ class PolygonGradient(EventGradient):
 
     Returns an ``event_vector`` Attribution (B, N, m), raw gradients. ``extras``: ``polygon``
     (B, V, 2) predicted, ``query`` (B, V, 2), ``dims`` (x, y) marker indices, ``gate``,
-    ``shift``, ``labels`` when known.
+    ``shift`` (and from ``explain_batch`` ``labels``, ``markers``).
     """
 
     defaults: dict[str, Any] = {"gate": 0, "shift": (0.5, 0.0), "query": None}
@@ -250,8 +256,6 @@ class PolygonGradient(EventGradient):
         extras: dict[str, Any] = {"polygon": pred.detach(), "query": q.detach(), "dims": dims,
                                   "gate": self.model.gate_names[gi] if hasattr(self.model, "gate_names") else str(gi),
                                   "shift": tuple(float(s) for s in self.params["shift"])}
-        if labels is not None:
-            extras["labels"] = labels.bool()
         return self._attribution(g, **extras)
 
 
@@ -276,7 +280,7 @@ def attention_received(phi_q: Tensor, phi_k: Tensor, heads: int, eps: float = 1e
 
 
 @register_explainer("fcm.attention")
-class HeadAttention(Explainer):
+class HeadAttention(EventExplainer):
     """Per-head attention that events receive from a query sub-population (paper, sec. 2.2).
 
     Settings:
@@ -289,19 +293,11 @@ class HeadAttention(Explainer):
 
     Returns an ``event_head`` Attribution (B, heads, N): Σ over queries of the row-normalised
     A_viz = ReLU(Q̌)ReLU(K)ᵀ, so each head sums to the number of queries. ``extras``:
-    ``queries`` (B, N) bool, ``layer``, ``labels`` when known.
+    ``queries`` (B, N) bool, ``layer`` (and from ``explain_batch`` ``labels``, ``markers``).
     """
 
     kind = "event_head"
     defaults: dict[str, Any] = {"layer": -1, "queries": "positives", "n_queries": 1000, "seed": 0}
-
-    def explain(self, inputs: Tensor, target: Target = None) -> Attribution:
-        return self._explain(inputs, target, None)
-
-    def explain_batch(self, batch: Batch, target: Target = None) -> Attribution:
-        attr = self._explain(batch.inputs, target, batch.instance_labels)
-        markers = batch.meta.get("markers")
-        return attr.replace(extras={**attr.extras, **({"markers": tuple(markers)} if markers else {})})
 
     def sample_queries(self, mask: Tensor) -> Tensor:
         """Keep at most ``n_queries`` of each sample's (B, N) query mask, seeded per sample."""
@@ -344,6 +340,4 @@ class HeadAttention(Explainer):
                 attention_received(layer.queries(x[i][qmask[i]][None])[0], phi_k[i], model.n_heads, layer.eps)
                 for i in range(x.shape[0])])
         extras: dict[str, Any] = {"queries": qmask, "layer": li}
-        if labels is not None:
-            extras["labels"] = labels.bool()
         return self._attribution(scores.clone(), **extras)

@@ -1,0 +1,167 @@
+"""ReluFormer at 500,000 events × 11 markers (d=64, 4 heads, 2 layers): forward, ``fcm.gradient``
+and ``fcm.attention`` (1000 queries), each next to its hardware limit.
+
+The "limit" of a group is the model's own matmul FLOPs for that job (counted with
+``torch.utils.flop_counter`` at two small sizes and extrapolated linearly in N) run as square
+fp32 matmuls in the same process, i.e. the time the job would take at this machine's dense
+matmul rate. For the gradient, the FLOPs are those of plain autograd (forward + input
+backward), not of our chunk recomputation. In the attention group the "anchor" is the
+model's plain forward: the explainer must cost well under it.
+
+Peak memory: each job also runs once in a subprocess at 125k and 500k events; the growth of
+max RSS over the job is in ``extra_info`` (``rss_mb``): linear in N (O(N)), never N².
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+import xaibench
+from xaibench.adapters.fcm.model import ReluFormer
+
+#: events per sample; XAIBENCH_FCM_EVENTS overrides it for a quick smoke run
+N = int(os.environ.get("XAIBENCH_FCM_EVENTS", 500_000))
+M, D, HEADS, LAYERS, QUERIES = 11, 64, 4, 2, 1000
+ROUNDS = 3
+
+
+def _model(chunk: int | None = None) -> ReluFormer:
+    torch.manual_seed(0)
+    kw = {"chunk_size": chunk} if chunk else {}
+    model = xaibench.create_model("fcm.reluformer", n_markers=M, d_model=D, n_heads=HEADS, n_layers=LAYERS, **kw).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def _queries(n: int, b: int = 1) -> torch.Tensor:
+    mask = torch.zeros(b, n, dtype=torch.bool)
+    mask[:, torch.randperm(n, generator=torch.Generator().manual_seed(0))[:QUERIES]] = True
+    return mask
+
+
+def job(name: str, model: ReluFormer, events: torch.Tensor):
+    """The three timed jobs as zero-argument callables."""
+    if name == "forward":
+        def run():
+            with torch.inference_mode():
+                return model(events)
+    elif name == "gradient":
+        ex = xaibench.create_explainer("fcm.gradient", model, selection="all")
+
+        def run():
+            return ex.explain(events, 1)
+    else:
+        ex = xaibench.create_explainer("fcm.attention", model, queries=_queries(events.shape[1]), layer=-1)
+
+        def run():
+            return ex.explain(events)
+    return run
+
+
+def count_flops(name: str) -> float:
+    """Matmul FLOPs of a job at N events, extrapolated linearly from 16k and 32k events."""
+    counts = []
+    for n in (16384, 32768):
+        model = _model(chunk=10**7)  # plain autograd for the gradient: the model's own backward
+        ev = torch.randn(1, n, M)
+        with FlopCounterMode(display=False) as fc:
+            if name == "gradient":  # FlopCounterMode cannot follow autograd.grad: the same maths via backward()
+                x = ev.requires_grad_(True)
+                model(x)[..., 1].sum().backward()
+            else:
+                job(name, model, ev)()
+        counts.append(fc.get_total_flops())
+    slope = (counts[1] - counts[0]) / 16384
+    return counts[0] + slope * (N - 16384)
+
+
+@pytest.fixture(scope="module")
+def events():
+    torch.manual_seed(0)
+    return xaibench.create_dataset("fcm_ball", n=1, n_events=N, include_time=True).all().inputs
+
+
+def peak_rss_mb(name: str, n: int) -> float:
+    """Growth of max RSS (MB) while running a job once at n events, in a fresh subprocess."""
+    code = f"""
+import resource, sys, torch, json
+sys.path.insert(0, {repr(str(__import__('pathlib').Path(__file__).parent))})
+from test_bench_fcm import _model, job, M
+torch.manual_seed(0)
+model = _model(); ev = torch.randn(1, {n}, M)
+run = job({name!r}, model, ev)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+run()
+print(json.dumps((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return round(json.loads(out.stdout.strip().splitlines()[-1]), 1)
+
+
+def _limit(benchmark, flops: float, group: str) -> None:
+    """Time ``flops`` of square fp32 matmuls: 8 products of a size chosen so 8·2·s³ = flops."""
+    s = max(64, round((flops / 16) ** (1 / 3)))
+    a, b = torch.randn(s, s), torch.randn(s, s)
+
+    def run():
+        for _ in range(8):
+            a @ b
+
+    run()
+    benchmark.group = group
+    benchmark.extra_info.update(side="limit", gflop=round(flops / 1e9, 2), matmul_size=s)
+    benchmark.pedantic(run, rounds=ROUNDS, iterations=1, warmup_rounds=1)
+
+
+def _ours(benchmark, name: str, events: torch.Tensor, group: str) -> None:
+    model = _model()
+    run = job(name, model, events)
+    benchmark.group = group
+    benchmark.extra_info.update(side="xaibench", events=N, markers=M, d_model=D, heads=HEADS, layers=LAYERS,
+                                chunk_size=model.chunk_size, threads=torch.get_num_threads(),
+                                rss_mb={n: peak_rss_mb(name, n) for n in (N // 4, N)},
+                                events_mb=round(N * M * 4 / 2**20, 1), hidden_mb=round(N * D * 4 / 2**20, 1))
+    benchmark.pedantic(run, rounds=ROUNDS, iterations=1, warmup_rounds=0)
+
+
+G_FWD, G_GRAD, G_ATT = "fcm forward 500k", "fcm.gradient 500k", "fcm.attention 500k (1000 queries)"
+
+
+def test_forward(benchmark, events):
+    _ours(benchmark, "forward", events, G_FWD)
+
+
+def test_forward_limit(benchmark):
+    _limit(benchmark, count_flops("forward"), G_FWD)
+
+
+def test_gradient(benchmark, events):
+    _ours(benchmark, "gradient", events, G_GRAD)
+
+
+def test_gradient_limit(benchmark):
+    _limit(benchmark, count_flops("gradient"), G_GRAD)
+
+
+def test_attention(benchmark, events):
+    _ours(benchmark, "attention", events, G_ATT)
+
+
+def test_attention_limit(benchmark):
+    _limit(benchmark, count_flops("attention"), G_ATT)
+
+
+def test_attention_vs_forward(benchmark, events):
+    """Anchor of the attention group: one plain forward of the same model and events."""
+    model = _model()
+    benchmark.group = G_ATT
+    benchmark.extra_info.update(side="anchor", note="the model's own forward; anchor/xaibench > 1: attention costs less")
+    benchmark.pedantic(job("forward", model, events), rounds=ROUNDS, iterations=1)
