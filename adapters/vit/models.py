@@ -155,6 +155,6 @@ for _short, _ds in DATASETS.items():
             name=f"vit_{_short}_{_init}", model="vit.small", model_params={"num_classes": 2},
             train=train_finetune, weights_dir=WEIGHTS, seed=0, dataset=_ds,
             description=f"small ViT on {_ds}, {_init} initialisation, fine-tuned",
-            extra={"init": _init, "n_train": 2048, "epochs": 8, "batch_size": 32,
+            extra={"init": _init, "n_train": 2048, "epochs": 8, "batch_size": 16,
                    "lr": 5e-4 if _init == "supervised" else 1e-3},
         ))
