@@ -8,8 +8,9 @@ matmul rate. For the gradient, the FLOPs are those of plain autograd (forward + 
 backward), not of our chunk recomputation. In the attention group the "anchor" is the
 model's plain forward: the explainer must cost well under it.
 
-Peak memory: each job also runs once in a subprocess at 125k and 500k events; the growth of
-max RSS over the job is in ``extra_info`` (``rss_mb``): linear in N (O(N)), never N².
+Peak memory: each job also runs once in a subprocess at 125k and 500k events; its peak RSS
+above the resident size it started from is in ``extra_info["rss_mb"]``: O(N) (chunk-sized
+temporaries plus a few N×d buffers), never N².
 """
 
 from __future__ import annotations
@@ -90,17 +91,23 @@ def events():
 
 
 def peak_rss_mb(name: str, n: int) -> float:
-    """Growth of max RSS (MB) while running a job once at n events, in a fresh subprocess."""
+    """Peak RSS growth (MB) while running a job once at n events, in a fresh subprocess.
+
+    Linux: the peak (VmHWM) is reset through /proc/self/clear_refs right before the job, so the
+    number is the job's own peak above the resident size it started from."""
     code = f"""
-import resource, sys, torch, json
+import json, sys, torch
 sys.path.insert(0, {repr(str(__import__('pathlib').Path(__file__).parent))})
 from test_bench_fcm import _model, job, M
+def status(key):
+    return next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith(key + ':'))
 torch.manual_seed(0)
 model = _model(); ev = torch.randn(1, {n}, M)
 run = job({name!r}, model, ev)
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-run()
-print(json.dumps((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024))
+before = status('VmRSS')
+open('/proc/self/clear_refs', 'w').write('5')
+out = run()
+print(json.dumps((status('VmHWM') - before) / 1024))
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return round(json.loads(out.stdout.strip().splitlines()[-1]), 1)
