@@ -71,7 +71,7 @@ def test_top5_per_head_and_vector_norms():
     vec[0, :, 2] = -s[0]  # the norm ranks like s
     assert float(TOP5(*_case(vec, lab, kind="event_vector"))) == 1.0
     res = create_metric("top_k_positive_fraction", head=1).evaluate(*_case(vec, lab, kind="event_vector"))
-    assert math.isnan(float(res.scores[0])) and "has none" in res.reasons[0]
+    assert math.isnan(float(res.scores[0])) and "have none" in res.reasons[0]
     with pytest.raises(ValueError, match="head"):
         create_metric("top_k_positive_fraction", head=7)(attr, batch)
 
