@@ -1,0 +1,309 @@
+"""Synthetic frontal faces whose syndrome classes are defined by known facial regions.
+
+Each face has a head outline, hair, ears, eyes, brows, a nose with its bridge and a mouth,
+drawn with varied shape, skin tone, lighting, pose jitter and background clutter. A
+syndrome class changes one or more facial regions, as dysmorphology describes them:
+
+=========================  ======================================  =====================
+class                      change                                  ground-truth region
+=========================  ======================================  =====================
+control                    none                                    (empty mask)
+hypertelorism              eyes ~45% further apart                 eyes and periorbit
+long_philtrum              nose-to-mouth distance doubled, thin    philtrum + upper lip
+                           upper lip
+broad_nasal_bridge         nasal bridge twice as wide              nasal bridge
+low_set_ears               ears ~0.2 face heights lower            visible ears
+hypertelorism_broad_bridge both of the above (optional class)      eyes + nasal bridge
+=========================  ======================================  =====================
+
+The masks are exact: drawn from the same geometry, under the same pose, as the face.
+A shortcut variant adds a non-facial cue (a coloured background mark or a coloured image
+border) whose colour follows the class in the train/val splits but is random in the test
+split, with its own mask in ``batch.meta["shortcut_mask"]``; ``class_counts`` sets the
+number of samples per class (the class-imbalance knob).
+"""
+
+from __future__ import annotations
+
+import colorsys
+import math
+from typing import Any
+
+import numpy as np
+import torch
+
+from xaibench import Batch, SampleDataset, register_dataset
+
+from ._image_tools import smooth_noise
+
+#: syndrome -> facial regions whose change defines it
+SYNDROMES: dict[str, tuple[str, ...]] = {
+    "control": (),
+    "hypertelorism": ("eyes",),
+    "long_philtrum": ("philtrum",),
+    "broad_nasal_bridge": ("nasal_bridge",),
+    "low_set_ears": ("ears",),
+    "hypertelorism_broad_bridge": ("eyes", "nasal_bridge"),
+}
+DEFAULT_CLASSES = ("control", "hypertelorism", "long_philtrum", "broad_nasal_bridge", "low_set_ears")
+#: landmark order of ``meta["landmarks"]`` (x, y in pixels; pixel (0, 0) spans [0, 1)²)
+LANDMARKS = ("left_eye", "right_eye", "nose_tip", "mouth", "left_ear", "right_ear")
+
+SKIN_LIGHT, SKIN_DARK = np.array([0.96, 0.80, 0.69]), np.array([0.42, 0.28, 0.19])
+HAIR = np.array([[0.10, 0.07, 0.05], [0.30, 0.20, 0.12], [0.75, 0.62, 0.38], [0.55, 0.25, 0.12],
+                 [0.62, 0.62, 0.62], [0.03, 0.03, 0.03]])
+
+
+def shortcut_colours(k: int) -> np.ndarray:
+    """(k, 3) saturated colours, one per class, far apart in hue."""
+    return np.array([colorsys.hsv_to_rgb(i / k, 0.9, 0.95) for i in range(k)])
+
+
+class _Canvas:
+    """Soft (anti-aliased) drawing in canonical face coordinates u (right), v (down).
+
+    The image spans [-1, 1]² before the pose; pixels are mapped back through the pose, so
+    every shape and every mask is drawn under the same transform.
+    """
+
+    def __init__(self, size: int, angle: float, scale: float, shift: tuple[float, float]):
+        c = (np.arange(size) + 0.5 - size / 2) / (size / 2)
+        py, px = np.meshgrid(c, c, indexing="ij")
+        px, py = px - shift[0], py - shift[1]
+        ca, sa = math.cos(angle), math.sin(angle)
+        self.u = (ca * px + sa * py) / scale
+        self.v = (-sa * px + ca * py) / scale
+        self.px_per_unit = scale * size / 2
+        self.size, self.angle, self.scale, self.shift = size, angle, scale, shift
+        self.img = np.zeros((size, size, 3))
+
+    def to_pixels(self, u: float, v: float) -> tuple[float, float]:
+        ca, sa = math.cos(self.angle), math.sin(self.angle)
+        px = self.scale * (ca * u - sa * v) + self.shift[0]
+        py = self.scale * (sa * u + ca * v) + self.shift[1]
+        return (px + 1) * self.size / 2, (py + 1) * self.size / 2
+
+    def ellipse(self, cu: float, cv: float, ru: float, rv: float) -> np.ndarray:
+        """Coverage in [0, 1] of an axis-aligned ellipse (in face coordinates)."""
+        du, dv = (self.u - cu) / ru, (self.v - cv) / rv
+        q = np.sqrt(du**2 + dv**2) + 1e-9
+        grad = np.sqrt((du / ru) ** 2 + (dv / rv) ** 2) / q + 1e-9
+        return np.clip(0.5 - (q - 1) / grad * self.px_per_unit, 0, 1)
+
+    def rect(self, u0: float, v0: float, u1: float, v1: float) -> np.ndarray:
+        k = self.px_per_unit
+        return (np.clip(0.5 + (self.u - u0) * k, 0, 1) * np.clip(0.5 + (u1 - self.u) * k, 0, 1)
+                * np.clip(0.5 + (self.v - v0) * k, 0, 1) * np.clip(0.5 + (v1 - self.v) * k, 0, 1))
+
+    def paint(self, alpha: np.ndarray, colour: Any) -> None:
+        a = alpha[..., None]
+        self.img = self.img * (1 - a) + np.asarray(colour, dtype=np.float64) * a
+
+
+def _geometry(rng: np.random.Generator, regions: tuple[str, ...]) -> dict[str, float]:
+    u = rng.uniform
+    g = {"head_a": u(0.50, 0.57), "head_b": u(0.66, 0.73), "head_v": u(0.0, 0.04),
+         "eye_v": u(-0.14, -0.07), "eye_ru": u(0.07, 0.08), "eye_rv": u(0.042, 0.055),
+         "brow_sep": u(0.19, 0.25), "brow_dv": u(0.10, 0.13), "hairline": u(-0.44, -0.33),
+         "tip_v": u(0.13, 0.18), "tip_ru": u(0.065, 0.085), "mouth_ru": u(0.12, 0.16),
+         "lower_lip": u(0.035, 0.05), "ear_rv": u(0.12, 0.15)}
+    g["eye_sep"] = u(0.31, 0.34) if "eyes" in regions else u(0.19, 0.22)
+    g["bridge_w"] = u(0.085, 0.095) if "nasal_bridge" in regions else u(0.025, 0.035)
+    g["philtrum"] = u(0.18, 0.21) if "philtrum" in regions else u(0.06, 0.09)
+    g["upper_lip"] = u(0.012, 0.018) if "philtrum" in regions else u(0.03, 0.04)
+    g["ear_v"] = u(0.2, 0.26) if "ears" in regions else u(-0.1, -0.02)
+    g["base_v"] = g["tip_v"] + 0.055
+    g["mouth_v"] = g["base_v"] + g["philtrum"]
+    return g
+
+
+def _region_masks(cv: _Canvas, g: dict[str, float]) -> dict[str, np.ndarray]:
+    """Exact bool masks of the regions a syndrome can change (with a small margin)."""
+    eyes = np.maximum(cv.ellipse(-g["eye_sep"], g["eye_v"], g["eye_ru"] + 0.05, g["eye_rv"] + 0.05),
+                      cv.ellipse(g["eye_sep"], g["eye_v"], g["eye_ru"] + 0.05, g["eye_rv"] + 0.05))
+    bw = g["bridge_w"] + 0.045
+    bridge = cv.rect(-bw, g["eye_v"] - 0.02, bw, g["tip_v"] - 0.03)
+    philtrum = cv.rect(-0.13, g["base_v"] - 0.01, 0.13, g["mouth_v"] + 0.01)
+    inner = cv.ellipse(0, g["head_v"], g["head_a"] - 0.05, g["head_b"] - 0.05)
+    ears = np.maximum(cv.ellipse(-g["head_a"], g["ear_v"], 0.115, g["ear_rv"] + 0.03),
+                      cv.ellipse(g["head_a"], g["ear_v"], 0.115, g["ear_rv"] + 0.03)) * (1 - inner)
+    return {k: m > 0.5 for k, m in {"eyes": eyes, "nasal_bridge": bridge, "philtrum": philtrum, "ears": ears}.items()}
+
+
+def _draw_face(cv: _Canvas, rng: np.random.Generator, g: dict[str, float]) -> None:
+    skin = SKIN_LIGHT + (SKIN_DARK - SKIN_LIGHT) * rng.uniform() + rng.normal(0, 0.02, 3)
+    hair = HAIR[rng.integers(len(HAIR))] * rng.uniform(0.85, 1.15)
+    clothes = rng.uniform(0.1, 0.9, 3)
+    a, b, hv = g["head_a"], g["head_b"], g["head_v"]
+    cv.paint(cv.ellipse(0, 1.25, 0.95, 0.5), clothes)  # shoulders
+    cv.paint(cv.rect(-0.2, 0.4, 0.2, 0.9), skin * 0.82)  # neck
+    for side in (-1, 1):  # ears behind the head
+        cv.paint(cv.ellipse(side * a, g["ear_v"], 0.085, g["ear_rv"]), skin * 0.93)
+        cv.paint(cv.ellipse(side * (a + 0.025), g["ear_v"], 0.03, g["ear_rv"] * 0.6), skin * 0.72)
+    cv.paint(cv.ellipse(0, hv - 0.03, a + 0.04, b + 0.02) * (cv.v < hv), hair)  # hair volume
+    cv.paint(cv.ellipse(0, hv, a, b), skin)
+    cv.paint(cv.ellipse(0, hv, a + 0.01, b + 0.01) * np.clip((g["hairline"] - cv.v) * 12, 0, 1), hair)
+    for side in (-1, 1):
+        s = side * g["eye_sep"]
+        cv.paint(cv.rect(side * g["brow_sep"] - 0.08, g["eye_v"] - g["brow_dv"] - 0.013,
+                         side * g["brow_sep"] + 0.08, g["eye_v"] - g["brow_dv"] + 0.013), hair * 0.9)
+        cv.paint(cv.ellipse(s, g["eye_v"], g["eye_ru"], g["eye_rv"]), (0.95, 0.95, 0.93))
+        cv.paint(cv.ellipse(s, g["eye_v"], 0.036, 0.036) * cv.ellipse(s, g["eye_v"], g["eye_ru"], g["eye_rv"]),
+                 rng.uniform(0.1, 0.45, 3))
+        cv.paint(cv.ellipse(s, g["eye_v"], 0.016, 0.016), (0.02, 0.02, 0.02))
+    bw = g["bridge_w"]
+    for side in (-1, 1):  # the bridge: two side shadows around a lit ridge
+        cv.paint(cv.rect(side * bw - 0.014, g["eye_v"] + 0.01, side * bw + 0.014, g["tip_v"] - 0.03), skin * 0.6)
+    cv.paint(cv.rect(-bw + 0.014, g["eye_v"] + 0.01, bw - 0.014, g["tip_v"] - 0.03), np.minimum(skin * 1.1, 1))
+    cv.paint(cv.ellipse(0, g["tip_v"], g["tip_ru"], 0.05), skin * 0.9)
+    for side in (-1, 1):
+        cv.paint(cv.ellipse(side * 0.038, g["tip_v"] + 0.03, 0.022, 0.013), skin * 0.35)
+        cv.paint(cv.rect(side * 0.03 - 0.007, g["base_v"], side * 0.03 + 0.007, g["mouth_v"] - g["upper_lip"]),
+                 skin * 0.85)  # philtral columns
+    lips = np.array([0.72, 0.30, 0.32]) * rng.uniform(0.8, 1.1)
+    mr, mv = g["mouth_ru"], g["mouth_v"]
+    cv.paint(cv.ellipse(0, mv, mr, g["upper_lip"]) * (cv.v <= mv), lips)
+    cv.paint(cv.ellipse(0, mv, mr * 0.9, g["lower_lip"]) * (cv.v > mv), lips * 1.08)
+    cv.paint(cv.rect(-mr * 0.95, mv - 0.006, mr * 0.95, mv + 0.006), lips * 0.4)
+
+
+def _lighting(cv: _Canvas, rng: np.random.Generator, g: dict[str, float]) -> np.ndarray:
+    phi = rng.uniform(0, 2 * math.pi)
+    shade = 1 + rng.uniform(0, 0.25) * (cv.u * math.cos(phi) + cv.v * math.sin(phi))
+    r2 = (cv.u / g["head_a"]) ** 2 + ((cv.v - g["head_v"]) / g["head_b"]) ** 2
+    roundness = 1 - 0.18 * np.clip(r2, 0, 1) ** 2
+    return (shade * roundness * rng.uniform(0.8, 1.15))[..., None]
+
+
+def _background(cv: _Canvas, rng: np.random.Generator, clutter: tuple[int, int]) -> None:
+    s = cv.size
+    base = rng.uniform(0.15, 0.85, 3)
+    cv.img = base + 0.12 * smooth_noise(rng, s, 3)[..., None] * rng.uniform(0.5, 1.5, 3)
+    for _ in range(int(rng.integers(clutter[0], clutter[1] + 1))):
+        cu, cvv = rng.uniform(-1.1, 1.1, 2)
+        if rng.uniform() < 0.5:
+            cv.paint(cv.ellipse(cu, cvv, *rng.uniform(0.05, 0.3, 2)), rng.uniform(0, 1, 3))
+        else:
+            du, dv = rng.uniform(0.05, 0.35, 2)
+            cv.paint(cv.rect(cu - du, cvv - dv, cu + du, cvv + dv), rng.uniform(0, 1, 3))
+
+
+@register_dataset("faces")
+class Faces(SampleDataset):
+    """Synthetic frontal faces of syndrome classes with exact masks of the defining regions.
+
+    Settings:
+        size: image side in pixels (default 64; 64-96 suits CPU models).
+        classes: syndrome names (keys of :data:`SYNDROMES`); the class index is the position.
+        class_counts: None (classes uniformly at random) or one count per class: the samples
+            are laid out in cycles of ``sum(class_counts)`` with exactly these counts per cycle
+            (seeded order), so a train set of that size has exactly these counts. A count of 0
+            leaves a class out (e.g. a test set of one class).
+        shortcut: None, ``"mark"`` (a coloured square in the top-left background) or
+            ``"border"`` (a coloured 2-pixel frame): a non-facial cue whose colour says the class.
+        shortcut_p: when correlated, the probability that the cue's colour is the class's.
+        shortcut_correlated: None = correlated in the train and val splits, random in test.
+        pose: scale of the pose jitter (rotation ±8°, scale, shift); 0 gives frontal faces.
+        clutter: (min, max) number of background shapes.
+
+    Yields :class:`~xaibench.Batch` with ``inputs`` (B, 3, size, size) in [0, 1], ``targets``
+    (B,), ``masks`` (B, size, size) bool (the defining regions; empty for control), ``ids``;
+    ``meta``: ``shortcut_mask`` (B, size, size) bool, ``landmarks`` (B, 6, 2) float (x, y in
+    pixels, order :data:`LANDMARKS`), ``region_masks`` (B, 4, size, size) bool (eyes,
+    nasal_bridge, philtrum, ears, whatever the class), ``syndrome`` (names), ``cue_class``.
+
+    Example:
+        >>> batch = xaibench.create_dataset("faces", n=8, shortcut="mark", split="train").all()
+    """
+
+    defaults: dict[str, Any] = {"size": 64, "classes": DEFAULT_CLASSES, "class_counts": None, "shortcut": None,
+                                "shortcut_p": 0.95, "shortcut_correlated": None, "pose": 1.0, "clutter": (2, 6)}
+    REGIONS = ("eyes", "nasal_bridge", "philtrum", "ears")
+
+    def __init__(self, n: int = 64, batch_size: int = 16, seed: int = 0, split: str = "test", **params: Any):
+        super().__init__(n=n, batch_size=batch_size, seed=seed, split=split, **params)
+        p = self.params
+        p["classes"] = tuple(p["classes"])
+        unknown = [c for c in p["classes"] if c not in SYNDROMES]
+        if unknown or not p["classes"]:
+            raise ValueError(f"faces: unknown classes {unknown or p['classes']}; choose from {sorted(SYNDROMES)}")
+        if p["class_counts"] is not None:
+            counts = [int(c) for c in p["class_counts"]]
+            if len(counts) != len(p["classes"]) or min(counts) < 0 or sum(counts) == 0:
+                raise ValueError(f"faces: class_counts must give one count >= 0 per class ({len(p['classes'])}) "
+                                 f"with a positive total, got {p['class_counts']}")
+            p["class_counts"] = tuple(counts)
+        if p["shortcut"] not in (None, "mark", "border"):
+            raise ValueError(f"faces: shortcut must be None, 'mark' or 'border', got {p['shortcut']!r}")
+        if int(p["size"]) < 32:
+            raise ValueError(f"faces: size must be >= 32 pixels, got {p['size']}")
+
+    @property
+    def correlated(self) -> bool:
+        c = self.params["shortcut_correlated"]
+        return self.split in ("train", "val") if c is None else bool(c)
+
+    def class_of(self, rng: np.random.Generator, index: int) -> int:
+        counts = self.params["class_counts"]
+        if counts is None:
+            return int(rng.integers(len(self.params["classes"])))
+        total = sum(counts)
+        layout = np.repeat(np.arange(len(counts)), counts)
+        cycle_rng = np.random.default_rng([self.seed, sum(map(ord, self.split)), index // total, 7])
+        return int(layout[cycle_rng.permutation(total)[index % total]])
+
+    def make_sample(self, rng: np.random.Generator, index: int) -> dict[str, Any]:
+        p = self.params
+        s, k = int(p["size"]), len(p["classes"])
+        cls = self.class_of(rng, index)
+        regions = SYNDROMES[p["classes"][cls]]
+        jit = float(p["pose"])
+        cv = _Canvas(s, math.radians(rng.uniform(-8, 8) * jit), 1 + rng.uniform(-0.08, 0.04) * jit,
+                     tuple(rng.uniform(-0.05, 0.05, 2) * jit))
+        g = _geometry(rng, regions)
+        _background(cv, rng, p["clutter"])
+        bg = cv.img.copy()
+        _draw_face(cv, rng, g)
+        person = np.abs(cv.img - bg).sum(-1, keepdims=True) > 0
+        cv.img = np.where(person, cv.img * _lighting(cv, rng, g), cv.img)
+        rm = _region_masks(cv, g)
+        mask = np.zeros((s, s), dtype=bool)
+        for r in regions:
+            mask |= rm[r]
+        cue_mask, cue_class = self._shortcut(cv, rng, cls, k)
+        cv.img += rng.normal(0, 0.012, cv.img.shape)
+        lm = [cv.to_pixels(-g["eye_sep"], g["eye_v"]), cv.to_pixels(g["eye_sep"], g["eye_v"]),
+              cv.to_pixels(0, g["tip_v"]), cv.to_pixels(0, g["mouth_v"]),
+              cv.to_pixels(-g["head_a"] - 0.02, g["ear_v"]), cv.to_pixels(g["head_a"] + 0.02, g["ear_v"])]
+        return {
+            "inputs": np.clip(cv.img, 0, 1).transpose(2, 0, 1).astype(np.float32), "targets": cls, "masks": mask,
+            "ids": f"faces/{self.split}/{self.seed}/{index}", "shortcut_mask": cue_mask,
+            "landmarks": np.array(lm, dtype=np.float32), "syndrome": p["classes"][cls], "cue_class": cue_class,
+            "region_masks": np.stack([rm[r] for r in self.REGIONS]),
+        }
+
+    def _shortcut(self, cv: _Canvas, rng: np.random.Generator, cls: int, k: int) -> tuple[np.ndarray, int]:
+        s, kind = cv.size, self.params["shortcut"]
+        # the draws happen whether or not a cue is drawn, so faces are identical across variants
+        agree = rng.uniform() < float(self.params["shortcut_p"])
+        random_cls = int(rng.integers(k))
+        off = rng.integers(1, max(2, s // 16) + 1, 2)
+        if kind is None:
+            return np.zeros((s, s), dtype=bool), -1
+        cue_cls = cls if (self.correlated and agree) else random_cls
+        colour = shortcut_colours(k)[cue_cls]
+        m = np.zeros((s, s), dtype=bool)
+        if kind == "mark":
+            w = max(4, s // 10)
+            m[off[0]:off[0] + w, off[1]:off[1] + w] = True
+        else:
+            w = max(2, s // 32)
+            m[:w], m[-w:], m[:, :w], m[:, -w:] = True, True, True, True
+        cv.img[m] = colour
+        return m, cue_cls
+
+    def collate(self, samples: list[dict[str, Any]]) -> Batch:
+        batch = super().collate(samples)
+        for key in ("shortcut_mask", "landmarks", "region_masks", "cue_class"):
+            batch.meta[key] = torch.as_tensor(np.stack([s[key] for s in samples]))
+        return batch
