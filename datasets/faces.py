@@ -8,11 +8,12 @@ syndrome class changes one or more facial regions, as dysmorphology describes th
 class                      change                                  ground-truth region
 =========================  ======================================  =====================
 control                    none                                    (empty mask)
-hypertelorism              eyes ~45% further apart                 eyes and periorbit
+hypertelorism              eyes ~55% further apart, downslanting   eyes and periorbit
 long_philtrum              nose-to-mouth distance doubled, thin    philtrum + upper lip
                            upper lip
 broad_nasal_bridge         nasal bridge twice as wide              nasal bridge
-low_set_ears               ears ~0.2 face heights lower            visible ears
+low_set_ears               ears ~0.2 face heights lower, rotated   visible ears
+                           back
 hypertelorism_broad_bridge both of the above (optional class)      eyes + nasal bridge
 =========================  ======================================  =====================
 
@@ -83,9 +84,12 @@ class _Canvas:
         py = self.scale * (sa * u + ca * v) + self.shift[1]
         return (px + 1) * self.size / 2, (py + 1) * self.size / 2
 
-    def ellipse(self, cu: float, cv: float, ru: float, rv: float) -> np.ndarray:
-        """Coverage in [0, 1] of an axis-aligned ellipse (in face coordinates)."""
-        du, dv = (self.u - cu) / ru, (self.v - cv) / rv
+    def ellipse(self, cu: float, cv: float, ru: float, rv: float, rot: float = 0.0) -> np.ndarray:
+        """Coverage in [0, 1] of an ellipse (face coordinates), its u axis turned by ``rot`` radians."""
+        pu, pv = self.u - cu, self.v - cv
+        if rot:
+            pu, pv = math.cos(rot) * pu + math.sin(rot) * pv, -math.sin(rot) * pu + math.cos(rot) * pv
+        du, dv = pu / ru, pv / rv
         q = np.sqrt(du**2 + dv**2) + 1e-9
         grad = np.sqrt((du / ru) ** 2 + (dv / rv) ** 2) / q + 1e-9
         return np.clip(0.5 - (q - 1) / grad * self.px_per_unit, 0, 1)
@@ -106,12 +110,14 @@ def _geometry(rng: np.random.Generator, regions: tuple[str, ...]) -> dict[str, f
          "eye_v": u(-0.14, -0.07), "eye_ru": u(0.07, 0.08), "eye_rv": u(0.042, 0.055),
          "brow_sep": u(0.19, 0.25), "brow_dv": u(0.10, 0.13), "hairline": u(-0.44, -0.33),
          "tip_v": u(0.13, 0.18), "tip_ru": u(0.065, 0.085), "mouth_ru": u(0.12, 0.16),
-         "lower_lip": u(0.035, 0.05), "ear_rv": u(0.12, 0.15)}
+         "lower_lip": u(0.045, 0.06), "ear_rv": u(0.12, 0.15)}
     g["eye_sep"] = u(0.31, 0.34) if "eyes" in regions else u(0.19, 0.22)
+    g["eye_slant"] = math.radians(u(14, 20) if "eyes" in regions else u(-4, 4))  # downslanting fissures
     g["bridge_w"] = u(0.085, 0.095) if "nasal_bridge" in regions else u(0.025, 0.035)
     g["philtrum"] = u(0.18, 0.21) if "philtrum" in regions else u(0.06, 0.09)
-    g["upper_lip"] = u(0.012, 0.018) if "philtrum" in regions else u(0.03, 0.04)
+    g["upper_lip"] = u(0.014, 0.02) if "philtrum" in regions else u(0.04, 0.05)
     g["ear_v"] = u(0.2, 0.26) if "ears" in regions else u(-0.1, -0.02)
+    g["ear_rot"] = math.radians(u(22, 32) if "ears" in regions else u(-5, 5))  # posteriorly rotated
     g["base_v"] = g["tip_v"] + 0.055
     g["mouth_v"] = g["base_v"] + g["philtrum"]
     return g
@@ -119,14 +125,14 @@ def _geometry(rng: np.random.Generator, regions: tuple[str, ...]) -> dict[str, f
 
 def _region_masks(cv: _Canvas, g: dict[str, float]) -> dict[str, np.ndarray]:
     """Exact bool masks of the regions a syndrome can change (with a small margin)."""
-    eyes = np.maximum(cv.ellipse(-g["eye_sep"], g["eye_v"], g["eye_ru"] + 0.05, g["eye_rv"] + 0.05),
-                      cv.ellipse(g["eye_sep"], g["eye_v"], g["eye_ru"] + 0.05, g["eye_rv"] + 0.05))
+    eyes = np.maximum(cv.ellipse(-g["eye_sep"], g["eye_v"], g["eye_ru"] + 0.05, g["eye_rv"] + 0.05, -g["eye_slant"]),
+                      cv.ellipse(g["eye_sep"], g["eye_v"], g["eye_ru"] + 0.05, g["eye_rv"] + 0.05, g["eye_slant"]))
     bw = g["bridge_w"] + 0.045
     bridge = cv.rect(-bw, g["eye_v"] - 0.02, bw, g["tip_v"] - 0.03)
     philtrum = cv.rect(-0.13, g["base_v"] - 0.01, 0.13, g["mouth_v"] + 0.01)
     inner = cv.ellipse(0, g["head_v"], g["head_a"] - 0.05, g["head_b"] - 0.05)
-    ears = np.maximum(cv.ellipse(-g["head_a"], g["ear_v"], 0.115, g["ear_rv"] + 0.03),
-                      cv.ellipse(g["head_a"], g["ear_v"], 0.115, g["ear_rv"] + 0.03)) * (1 - inner)
+    ears = np.maximum(cv.ellipse(-g["head_a"], g["ear_v"], 0.115, g["ear_rv"] + 0.03, g["ear_rot"]),
+                      cv.ellipse(g["head_a"], g["ear_v"], 0.115, g["ear_rv"] + 0.03, -g["ear_rot"])) * (1 - inner)
     return {k: m > 0.5 for k, m in {"eyes": eyes, "nasal_bridge": bridge, "philtrum": philtrum, "ears": ears}.items()}
 
 
@@ -138,17 +144,17 @@ def _draw_face(cv: _Canvas, rng: np.random.Generator, g: dict[str, float]) -> No
     cv.paint(cv.ellipse(0, 1.25, 0.95, 0.5), clothes)  # shoulders
     cv.paint(cv.rect(-0.2, 0.4, 0.2, 0.9), skin * 0.82)  # neck
     for side in (-1, 1):  # ears behind the head
-        cv.paint(cv.ellipse(side * a, g["ear_v"], 0.085, g["ear_rv"]), skin * 0.93)
-        cv.paint(cv.ellipse(side * (a + 0.025), g["ear_v"], 0.03, g["ear_rv"] * 0.6), skin * 0.72)
+        cv.paint(cv.ellipse(side * a, g["ear_v"], 0.085, g["ear_rv"], -side * g["ear_rot"]), skin * 0.93)
+        cv.paint(cv.ellipse(side * (a + 0.025), g["ear_v"], 0.03, g["ear_rv"] * 0.6, -side * g["ear_rot"]), skin * 0.72)
     cv.paint(cv.ellipse(0, hv - 0.03, a + 0.04, b + 0.02) * (cv.v < hv), hair)  # hair volume
     cv.paint(cv.ellipse(0, hv, a, b), skin)
     cv.paint(cv.ellipse(0, hv, a + 0.01, b + 0.01) * np.clip((g["hairline"] - cv.v) * 12, 0, 1), hair)
     for side in (-1, 1):
-        s = side * g["eye_sep"]
+        s, rot = side * g["eye_sep"], side * g["eye_slant"]
         cv.paint(cv.rect(side * g["brow_sep"] - 0.08, g["eye_v"] - g["brow_dv"] - 0.013,
                          side * g["brow_sep"] + 0.08, g["eye_v"] - g["brow_dv"] + 0.013), hair * 0.9)
-        cv.paint(cv.ellipse(s, g["eye_v"], g["eye_ru"], g["eye_rv"]), (0.95, 0.95, 0.93))
-        cv.paint(cv.ellipse(s, g["eye_v"], 0.036, 0.036) * cv.ellipse(s, g["eye_v"], g["eye_ru"], g["eye_rv"]),
+        cv.paint(cv.ellipse(s, g["eye_v"], g["eye_ru"], g["eye_rv"], rot), (0.95, 0.95, 0.93))
+        cv.paint(cv.ellipse(s, g["eye_v"], 0.036, 0.036) * cv.ellipse(s, g["eye_v"], g["eye_ru"], g["eye_rv"], rot),
                  rng.uniform(0.1, 0.45, 3))
         cv.paint(cv.ellipse(s, g["eye_v"], 0.016, 0.016), (0.02, 0.02, 0.02))
     bw = g["bridge_w"]

@@ -1,0 +1,156 @@
+"""Report figures of the facial-CNN studies: syndrome-wise maps on composite faces, one
+patient per syndrome with every method's map, and the class-imbalance curves.
+
+They are registered report figures: ``xaibench run face_study`` (or ``xaibench report``)
+draws them for every study that explains a face zoo model on the ``faces`` data set. The
+class-level maps are recomputed from the run's configuration on a small, seeded, balanced
+set (``PER_CLASS`` faces per syndrome) — the run's tables stay the reference numbers.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from xaibench.report.figures import figure_path, new_figure, overlay, register_figure, save
+
+from .analyses import class_maps, normalise_maps
+
+PER_CLASS = 6
+MAX_METHODS = 8
+
+
+def _face_studies(run_dir: Path) -> list[dict[str, Any]]:
+    from xaibench.report import load_run
+
+    cfg = load_run(run_dir).meta.get("config") or {}
+    out = []
+    for st in cfg.get("studies", []):
+        data = [d for d in st.get("datasets", []) if d.get("name") == "faces"]
+        models = [m for m in st.get("models", []) if m.get("source") == "zoo" and str(m.get("name", "")).startswith("face_")]
+        if data and models:
+            out.append({"study": st, "dataset": data[0], "model": models[0]})
+    return out
+
+
+def _image(x: torch.Tensor) -> np.ndarray:
+    return x.clamp(0, 1).permute(1, 2, 0).numpy()
+
+
+def _methods(study: dict[str, Any]) -> list[dict[str, Any]]:
+    return [e for e in study.get("explainers", []) if str(e.get("name", "")).startswith("cnn.")][:MAX_METHODS]
+
+
+def _balanced(dataset: dict[str, Any], seed: int) -> tuple[Any, list[str]]:
+    from xaibench import create_dataset
+
+    params = {k: v for k, v in (dataset.get("params") or {}).items() if k not in ("class_counts",)}
+    probe = create_dataset("faces", n=1, **params)
+    classes = list(probe.params["classes"])
+    ds = create_dataset("faces", n=PER_CLASS * len(classes), batch_size=PER_CLASS * len(classes), seed=seed,
+                        split="test", class_counts=[PER_CLASS] * len(classes), **params)
+    return ds, classes
+
+
+@register_figure("faces_class_maps")
+def faces_class_maps(run_dir: Path, results: pd.DataFrame, summary: pd.DataFrame) -> list[tuple[str, Path]]:
+    """Per face study: rows = syndromes; the composite face (aligned mean of the correctly
+    classified faces) and each method's syndrome-wise map (mean of max-abs normalised maps)
+    over it, with the mean ground-truth region outlined."""
+    from xaibench import zoo
+
+    out = []
+    for item in _face_studies(run_dir):
+        st, methods = item["study"], _methods(item["study"])
+        if not methods:
+            continue
+        model = zoo.load(item["model"]["name"])
+        ds, classes = _balanced(item["dataset"], int(st.get("seed", 0)))
+        batch = ds.all()
+        k = len(classes)
+        maps = [class_maps(model, [batch], m["name"], m.get("params") or {}, num_classes=k, classes=classes)
+                for m in methods]
+        gt = torch.stack([batch.masks[batch.targets == c].float().mean(0) for c in range(k)])
+        fig = new_figure(1.45 * (len(methods) + 1), 1.5 * k + 0.5)
+        axes = fig.subplots(k, len(methods) + 1, squeeze=False)
+        for c in range(k):
+            face = maps[0].faces[c]
+            img = _image(face) if torch.isfinite(face).all() else np.zeros((*gt.shape[-2:], 3))
+            region = (gt[c] > 0.5).numpy()
+            overlay(axes[c, 0], img, None, region)
+            axes[c, 0].set_ylabel(f"{classes[c]}\n(n={int(maps[0].counts[c])})", fontsize=7)
+            for j, cm in enumerate(maps, start=1):
+                heat = cm.maps[c].numpy() if cm.counts[c] > 0 else None
+                overlay(axes[c, j], img, heat, region)
+                if c == 0:
+                    axes[c, j].set_title(methods[j - 1].get("label", methods[j - 1]["name"]), fontsize=7)
+        axes[0, 0].set_title("composite face", fontsize=7)
+        fig.suptitle(f"{st['name']}: syndrome-wise maps on composite faces ({item['model']['label']}, "
+                     f"{PER_CLASS} test faces per class, correct ones only)", fontsize=9)
+        out.append((f"{st['name']}: syndrome-wise maps and composite faces",
+                    save(fig, figure_path(run_dir, f"faces_class_maps_{st['name']}"))))
+        out += _patients(run_dir, st, methods, model, batch, classes)
+    return out
+
+
+def _patients(run_dir: Path, st: dict[str, Any], methods: list[dict[str, Any]], model: Any, batch: Any,
+              classes: list[str]) -> list[tuple[str, Path]]:
+    """One patient per syndrome (the first of its class), each method's map (signed, max-abs)."""
+    from .analyses import patient_maps
+
+    idx = [int(torch.nonzero(batch.targets == c)[0]) for c in range(len(classes)) if (batch.targets == c).any()]
+    sub = batch.select(idx)
+    attrs = patient_maps(model, sub, {f"{m['name']}@{i}": m.get("params") or {} for i, m in enumerate(methods)})
+    fig = new_figure(1.45 * (len(methods) + 1), 1.5 * len(idx) + 0.5)
+    axes = fig.subplots(len(idx), len(methods) + 1, squeeze=False)
+    for r in range(len(idx)):
+        img = _image(sub.inputs[r])
+        region = sub.masks[r].numpy()
+        axes[r, 0].imshow(img)
+        axes[r, 0].set_xticks([]), axes[r, 0].set_yticks([])
+        axes[r, 0].set_ylabel(classes[int(sub.targets[r])], fontsize=7)
+        for j, a in enumerate(attrs.values(), start=1):
+            m = normalise_maps(a.pixel_map()[r:r + 1])[0].numpy()
+            axes[r, j].imshow(img * 0.5 + 0.25)
+            axes[r, j].imshow(m, cmap="RdBu_r", vmin=-1, vmax=1, alpha=0.75)
+            if region.any():
+                axes[r, j].contour(region.astype(float), levels=[0.5], colors="k", linewidths=0.6)
+            axes[r, j].set_xticks([]), axes[r, j].set_yticks([])
+            if r == 0:
+                axes[r, j].set_title(methods[j - 1].get("label", methods[j - 1]["name"]), fontsize=7)
+    fig.suptitle(f"{st['name']}: patient-wise maps (red positive, blue negative evidence; max-abs scaled)", fontsize=9)
+    return [(f"{st['name']}: patient-wise maps, one face per syndrome",
+             save(fig, figure_path(run_dir, f"faces_patients_{st['name']}")))]
+
+
+@register_figure("faces_imbalance")
+def faces_imbalance(run_dir: Path, results: pd.DataFrame, summary: pd.DataFrame) -> list[tuple[str, Path]]:
+    """Localisation of the minority class against its number of training faces, per method
+    and metric, for models whose label ends in ``imb<count>`` (the imbalance study)."""
+    s = summary[~summary["is_baseline"]].copy()
+    s["count"] = s["model"].map(lambda m: (re.search(r"imb(\d+)$", str(m)) or [None, None])[1])
+    s = s.dropna(subset=["count"])
+    out = []
+    for study, g in s.groupby("study", sort=False):
+        g = g.assign(count=g["count"].astype(int))
+        metrics = list(dict.fromkeys(g["metric"]))
+        fig = new_figure(3.6 * len(metrics), 3.0)
+        axes = np.atleast_1d(fig.subplots(1, len(metrics), squeeze=False)).ravel()
+        for ax, metric in zip(axes, metrics):
+            for meth, gm in g[g["metric"] == metric].groupby("explainer", sort=False):
+                gm = gm.sort_values("count")
+                ax.errorbar(gm["count"], gm["mean"], yerr=[gm["mean"] - gm["ci_low"], gm["ci_high"] - gm["mean"]],
+                            marker="o", capsize=2, label=meth)
+            ax.set_xscale("log")
+            ax.set_xlabel("minority-class training faces")
+            ax.set_title(metric, fontsize=9)
+            ax.grid(alpha=0.3)
+        axes[0].legend(fontsize=6)
+        fig.suptitle(f"{study}: class imbalance vs localisation of the minority class (95% CI)", fontsize=9)
+        out.append((f"{study}: class imbalance study", save(fig, figure_path(run_dir, f"faces_imbalance_{study}"))))
+    return out
