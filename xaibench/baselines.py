@@ -35,8 +35,9 @@ def _ids(batch: Batch) -> list[str]:
     return batch.ids if batch.ids is not None else [str(i) for i in range(len(batch))]
 
 
-def _rand(shape: tuple[int, ...], seed: int, sid: str) -> Tensor:
-    return torch.from_numpy(sample_rng("baseline.random", seed, sid).random(shape)).float()
+def _rand(shape: tuple[int, ...], seed: int, sid: str, signed: bool = False) -> Tensor:
+    rng = sample_rng("baseline.random", seed, sid)
+    return torch.from_numpy(rng.standard_normal(shape) if signed else rng.random(shape)).float()
 
 
 def _pixel_from_tokens(tok: Tensor, grid: tuple[int, int], size: tuple[int, int]) -> Tensor:
@@ -45,7 +46,9 @@ def _pixel_from_tokens(tok: Tensor, grid: tuple[int, int], size: tuple[int, int]
 
 @register_baseline("random")
 def random_baseline(like: Attribution, batch: Batch, seed: int = 0, grid: int = 7) -> Attribution:
-    """Uniform random scores; for pixel maps, CAM-like (a random ``grid``×``grid`` map upsampled)."""
+    """Uniform random scores; for pixel maps, CAM-like (a random ``grid``×``grid`` map upsampled);
+    for ``event_vector`` attributions, standard-normal vectors (isotropic directions: uniform
+    draws would all point into the positive orthant and bias direction metrics)."""
     v = like.values
     extras: dict = {}
     if like.kind == "pixel":
@@ -53,7 +56,8 @@ def random_baseline(like: Attribution, batch: Batch, seed: int = 0, grid: int = 
         low = torch.stack([_rand((grid, grid), seed, s) for s in _ids(batch)])
         values = _pixel_from_tokens(low, (grid, grid), (h, w))
     else:
-        values = torch.stack([_rand(tuple(v.shape[1:]), seed, s) for s in _ids(batch)])
+        signed = like.kind == "event_vector"
+        values = torch.stack([_rand(tuple(v.shape[1:]), seed, s, signed) for s in _ids(batch)])
         if like.kind == "token":
             extras["grid"] = like.extras["grid"]
             if "pixel" in like.extras:
