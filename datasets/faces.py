@@ -67,22 +67,22 @@ class _Canvas:
     every shape and every mask is drawn under the same transform.
     """
 
-    def __init__(self, size: int, angle: float, scale: float, shift: tuple[float, float]):
-        c = (np.arange(size) + 0.5 - size / 2) / (size / 2)
+    def __init__(self, size: int, angle: float, scale: float, shift: tuple[float, float], zoom: float = 1.0):
+        c = (np.arange(size) + 0.5 - size / 2) / (size / 2) / zoom
         py, px = np.meshgrid(c, c, indexing="ij")
         px, py = px - shift[0], py - shift[1]
         ca, sa = math.cos(angle), math.sin(angle)
         self.u = (ca * px + sa * py) / scale
         self.v = (-sa * px + ca * py) / scale
-        self.px_per_unit = scale * size / 2
-        self.size, self.angle, self.scale, self.shift = size, angle, scale, shift
+        self.px_per_unit = scale * zoom * size / 2
+        self.size, self.angle, self.scale, self.shift, self.zoom = size, angle, scale, shift, zoom
         self.img = np.zeros((size, size, 3))
 
     def to_pixels(self, u: float, v: float) -> tuple[float, float]:
         ca, sa = math.cos(self.angle), math.sin(self.angle)
         px = self.scale * (ca * u - sa * v) + self.shift[0]
         py = self.scale * (sa * u + ca * v) + self.shift[1]
-        return (px + 1) * self.size / 2, (py + 1) * self.size / 2
+        return (px * self.zoom + 1) * self.size / 2, (py * self.zoom + 1) * self.size / 2
 
     def ellipse(self, cu: float, cv: float, ru: float, rv: float, rot: float = 0.0) -> np.ndarray:
         """Coverage in [0, 1] of an ellipse (face coordinates), its u axis turned by ``rot`` radians."""
@@ -209,7 +209,10 @@ class Faces(SampleDataset):
             ``"border"`` (a coloured 2-pixel frame): a non-facial cue whose colour says the class.
         shortcut_p: when correlated, the probability that the cue's colour is the class's.
         shortcut_correlated: None = correlated in the train and val splits, random in test.
-        pose: scale of the pose jitter (rotation ±8°, scale, shift); 0 gives frontal faces.
+        pose: scale of the pose jitter (rotation ±6°, scale ±5%, shift ±2%); 0 gives frontal
+            faces in the same place.
+        zoom: how tightly the image crops the head (1.3: the head fills ~70% of the width, like
+            the face crops a face-analysis pipeline feeds its CNN; 1.0 shows the shoulders).
         clutter: (min, max) number of background shapes.
 
     Yields :class:`~xaibench.Batch` with ``inputs`` (B, 3, size, size) in [0, 1], ``targets``
@@ -223,7 +226,8 @@ class Faces(SampleDataset):
     """
 
     defaults: dict[str, Any] = {"size": 64, "classes": DEFAULT_CLASSES, "class_counts": None, "shortcut": None,
-                                "shortcut_p": 0.95, "shortcut_correlated": None, "pose": 1.0, "clutter": (2, 6)}
+                                "shortcut_p": 0.95, "shortcut_correlated": None, "pose": 1.0, "clutter": (2, 6),
+                                "zoom": 1.3}
     REGIONS = ("eyes", "nasal_bridge", "philtrum", "ears")
 
     def __init__(self, n: int = 64, batch_size: int = 16, seed: int = 0, split: str = "test", **params: Any):
@@ -264,8 +268,8 @@ class Faces(SampleDataset):
         cls = self.class_of(rng, index)
         regions = SYNDROMES[p["classes"][cls]]
         jit = float(p["pose"])
-        cv = _Canvas(s, math.radians(rng.uniform(-8, 8) * jit), 1 + rng.uniform(-0.08, 0.04) * jit,
-                     tuple(rng.uniform(-0.05, 0.05, 2) * jit))
+        cv = _Canvas(s, math.radians(rng.uniform(-6, 6) * jit), 1 + rng.uniform(-0.05, 0.05) * jit,
+                     tuple(rng.uniform(-0.04, 0.04, 2) * jit), float(p["zoom"]))
         g = _geometry(rng, regions)
         _background(cv, rng, p["clutter"])
         bg = cv.img.copy()
