@@ -4,20 +4,23 @@ Each face has a head outline, hair, ears, eyes, brows, a nose with its bridge an
 drawn with varied shape, skin tone, lighting, pose jitter and background clutter. A
 syndrome class changes one or more facial regions, as dysmorphology describes them:
 
-=========================  ======================================  =====================
+=========================  ======================================  ======================
 class                      change                                  ground-truth region
-=========================  ======================================  =====================
+=========================  ======================================  ======================
 control                    none                                    (empty mask)
 hypertelorism              eyes ~55% further apart, downslanting   eyes and periorbit
-long_philtrum              nose-to-mouth distance doubled, thin    philtrum + upper lip
+long_philtrum              nose-to-mouth distance doubled, thin    philtrum and lips
                            upper lip
-broad_nasal_bridge         nasal bridge twice as wide              nasal bridge
-low_set_ears               ears ~0.2 face heights lower, rotated   visible ears
+broad_nasal_bridge         nasal bridge three times as wide        nasal bridge
+low_set_ears               ears ~0.25 face heights lower, rotated  ears
                            back
 hypertelorism_broad_bridge both of the above (optional class)      eyes + nasal bridge
-=========================  ======================================  =====================
+=========================  ======================================  ======================
 
-The masks are exact: drawn from the same geometry, under the same pose, as the face.
+The masks are exact: drawn from the same geometry, under the same pose, as the face, and
+covering each changed feature both where it is and where the face's control twin (the same
+person drawn without the syndrome, :meth:`Faces.control_twin`) has it — so every pixel in
+which a syndrome face differs from its twin lies inside its mask.
 A shortcut variant adds a non-facial cue (a coloured background mark or a coloured image
 border) whose colour follows the class in the train/val splits but is random in the test
 split, with its own mask in ``batch.meta["shortcut_mask"]``; ``class_counts`` sets the
@@ -33,7 +36,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from xaibench import Batch, SampleDataset, register_dataset
+from torch import Tensor
+
+from xaibench import Batch, SampleDataset, register_dataset, sample_rng
 
 from ._image_tools import smooth_noise
 
@@ -104,20 +109,35 @@ class _Canvas:
         self.img = self.img * (1 - a) + np.asarray(colour, dtype=np.float64) * a
 
 
-def _geometry(rng: np.random.Generator, regions: tuple[str, ...]) -> dict[str, float]:
+#: class-dependent parameters: region -> parameter -> (normal range, syndrome range)
+CHANGES: dict[str, dict[str, tuple[tuple[float, float], tuple[float, float]]]] = {
+    "eyes": {"eye_sep": ((0.19, 0.22), (0.31, 0.34)), "eye_slant": ((-4, 4), (14, 20))},  # degrees: downslanting
+    "nasal_bridge": {"bridge_w": ((0.025, 0.035), (0.085, 0.095))},
+    "philtrum": {"philtrum": ((0.06, 0.09), (0.18, 0.21)), "upper_lip": ((0.04, 0.05), (0.014, 0.02))},
+    "ears": {"ear_v": ((-0.1, -0.02), (0.2, 0.26)), "ear_rot": ((-5, 5), (22, 32))},  # degrees: rotated back
+}
+
+
+def _draw_geometry(rng: np.random.Generator) -> tuple[dict[str, float], dict[str, float]]:
+    """The class-independent shape parameters, and one uniform draw per class-dependent one."""
     u = rng.uniform
-    g = {"head_a": u(0.50, 0.57), "head_b": u(0.66, 0.73), "head_v": u(0.0, 0.04),
-         "eye_v": u(-0.14, -0.07), "eye_ru": u(0.07, 0.08), "eye_rv": u(0.042, 0.055),
-         "brow_sep": u(0.19, 0.25), "brow_dv": u(0.10, 0.13), "hairline": u(-0.44, -0.33),
-         "tip_v": u(0.13, 0.18), "tip_ru": u(0.065, 0.085), "mouth_ru": u(0.12, 0.16),
-         "lower_lip": u(0.045, 0.06), "ear_rv": u(0.12, 0.15)}
-    g["eye_sep"] = u(0.31, 0.34) if "eyes" in regions else u(0.19, 0.22)
-    g["eye_slant"] = math.radians(u(14, 20) if "eyes" in regions else u(-4, 4))  # downslanting fissures
-    g["bridge_w"] = u(0.085, 0.095) if "nasal_bridge" in regions else u(0.025, 0.035)
-    g["philtrum"] = u(0.18, 0.21) if "philtrum" in regions else u(0.06, 0.09)
-    g["upper_lip"] = u(0.014, 0.02) if "philtrum" in regions else u(0.04, 0.05)
-    g["ear_v"] = u(0.2, 0.26) if "ears" in regions else u(-0.1, -0.02)
-    g["ear_rot"] = math.radians(u(22, 32) if "ears" in regions else u(-5, 5))  # posteriorly rotated
+    base = {"head_a": u(0.50, 0.57), "head_b": u(0.66, 0.73), "head_v": u(0.0, 0.04),
+            "eye_v": u(-0.14, -0.07), "eye_ru": u(0.07, 0.08), "eye_rv": u(0.042, 0.055),
+            "brow_sep": u(0.19, 0.25), "brow_dv": u(0.10, 0.13), "hairline": u(-0.44, -0.33),
+            "tip_v": u(0.13, 0.18), "tip_ru": u(0.065, 0.085), "mouth_ru": u(0.12, 0.16),
+            "lower_lip": u(0.045, 0.06), "ear_rv": u(0.12, 0.15)}
+    draws = {k: u() for ch in CHANGES.values() for k in ch}
+    return base, draws
+
+
+def _geometry(base: dict[str, float], draws: dict[str, float], regions: tuple[str, ...]) -> dict[str, float]:
+    """The face's geometry with the given regions changed; the same draws give its control twin."""
+    g = dict(base)
+    for region, params in CHANGES.items():
+        for k, (normal, changed) in params.items():
+            lo, hi = changed if region in regions else normal
+            g[k] = lo + draws[k] * (hi - lo)
+    g["eye_slant"], g["ear_rot"] = math.radians(g["eye_slant"]), math.radians(g["ear_rot"])
     g["base_v"] = g["tip_v"] + 0.055
     g["mouth_v"] = g["base_v"] + g["philtrum"]
     return g
@@ -128,8 +148,9 @@ def _region_masks(cv: _Canvas, g: dict[str, float]) -> dict[str, np.ndarray]:
     eyes = np.maximum(cv.ellipse(-g["eye_sep"], g["eye_v"], g["eye_ru"] + 0.05, g["eye_rv"] + 0.05, -g["eye_slant"]),
                       cv.ellipse(g["eye_sep"], g["eye_v"], g["eye_ru"] + 0.05, g["eye_rv"] + 0.05, g["eye_slant"]))
     bw = g["bridge_w"] + 0.045
-    bridge = cv.rect(-bw, g["eye_v"] - 0.02, bw, g["tip_v"] - 0.03)
-    philtrum = cv.rect(-0.13, g["base_v"] - 0.01, 0.13, g["mouth_v"] + 0.01)
+    bridge = cv.rect(-bw, g["eye_v"] - 0.02, bw, g["tip_v"])
+    mw = g["mouth_ru"] + 0.03
+    philtrum = cv.rect(-mw, g["base_v"] - 0.01, mw, g["mouth_v"] + g["lower_lip"] + 0.03)
     inner = cv.ellipse(0, g["head_v"], g["head_a"] - 0.05, g["head_b"] - 0.05)
     ears = np.maximum(cv.ellipse(-g["head_a"], g["ear_v"], 0.115, g["ear_rv"] + 0.03, g["ear_rot"]),
                       cv.ellipse(g["head_a"], g["ear_v"], 0.115, g["ear_rv"] + 0.03, -g["ear_rot"])) * (1 - inner)
@@ -263,6 +284,16 @@ class Faces(SampleDataset):
         return int(layout[cycle_rng.permutation(total)[index % total]])
 
     def make_sample(self, rng: np.random.Generator, index: int) -> dict[str, Any]:
+        return self._render(rng, index, as_control=False)
+
+    def control_twin(self, index: int) -> Tensor:
+        """Sample ``index`` drawn as a control face (3, H, W): the same person, pose, light,
+        background and cue, with no region changed. Its difference to the sample lies
+        inside the sample's mask (the counterfactual the masks are defined by)."""
+        return torch.from_numpy(self._render(sample_rng(self.name, self.seed, self.split, index), index,
+                                             as_control=True)["inputs"])
+
+    def _render(self, rng: np.random.Generator, index: int, as_control: bool) -> dict[str, Any]:
         p = self.params
         s, k = int(p["size"]), len(p["classes"])
         cls = self.class_of(rng, index)
@@ -270,13 +301,17 @@ class Faces(SampleDataset):
         jit = float(p["pose"])
         cv = _Canvas(s, math.radians(rng.uniform(-6, 6) * jit), 1 + rng.uniform(-0.05, 0.05) * jit,
                      tuple(rng.uniform(-0.04, 0.04, 2) * jit), float(p["zoom"]))
-        g = _geometry(rng, regions)
+        base, draws = _draw_geometry(rng)
+        g = _geometry(base, draws, () if as_control else regions)
+        twin = _geometry(base, draws, ())
         _background(cv, rng, p["clutter"])
         bg = cv.img.copy()
-        _draw_face(cv, rng, g)
+        look = int(rng.integers(2**62))  # colours and light: the same for the face and its twin
+        _draw_face(cv, np.random.default_rng(look), g)
         person = np.abs(cv.img - bg).sum(-1, keepdims=True) > 0
-        cv.img = np.where(person, cv.img * _lighting(cv, rng, g), cv.img)
-        rm = _region_masks(cv, g)
+        cv.img = np.where(person, cv.img * _lighting(cv, np.random.default_rng(look + 1), twin), cv.img)
+        # a region's mask covers the feature where it is and where the control twin has it
+        rm = {r: m | _region_masks(cv, twin)[r] for r, m in _region_masks(cv, g).items()}
         mask = np.zeros((s, s), dtype=bool)
         for r in regions:
             mask |= rm[r]

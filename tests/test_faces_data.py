@@ -43,6 +43,16 @@ def test_masks_are_the_defining_regions():
     assert batch.inputs.min() >= 0 and batch.inputs.max() <= 1
 
 
+def test_mask_holds_every_change_from_the_control_twin():
+    """A syndrome face differs from its control twin (same person, no syndrome) only inside its mask."""
+    ds = faces(n=24, seed=6, classes=tuple(SYNDROMES), shortcut="mark")
+    batch = ds.all()
+    for i in range(len(batch)):
+        diff = (batch.inputs[i] - ds.control_twin(i)).abs().amax(0) > 1e-6
+        assert diff.any() == bool(batch.masks[i].any())
+        assert not (diff & ~batch.masks[i]).any(), f"{batch.meta['syndrome'][i]}: change outside the mask"
+
+
 def test_class_changes_only_its_region():
     """Hypertelorism moves the eyes apart: the eye landmarks of that class are further apart."""
     batch = faces(n=60, seed=2, pose=0.0).all()

@@ -118,7 +118,7 @@ def train_faces(entry: ZooEntry, model: nn.Module, seed: int) -> dict[str, Any]:
 
 
 def _face_entry(name: str, description: str, model: str = "cnn.small_resnet", **extra: Any) -> None:
-    settings = {"n_train": 2500, "epochs": 14, "lr": 4e-3, "batch_size": 32, **extra}
+    settings = {"n_train": 2000, "epochs": 12, "lr": 4e-3, "batch_size": 32, **extra}
     register_zoo(ZooEntry(name=name, model=model, model_params={"num_classes": 5}, train=train_faces,
                           weights_dir=WEIGHTS, seed=0, dataset="faces", description=description, extra=settings))
 
@@ -127,9 +127,10 @@ _face_entry("face_cnn", "narrow timm ResNet classifying 5 synthetic syndrome cla
 _face_entry("face_embedder", "face-descriptor ResNet (64-d cosine embedding, NormFace loss) on 64 px faces",
             model="cnn.face_embedder")
 _face_entry("face_cnn_shortcut", "syndrome classifier trained with a class-coloured background mark (shortcut)",
-            dataset_params={"shortcut": "mark"}, flip=False)
+            dataset_params={"shortcut": "mark"}, flip=False, epochs=10)
 for _n in IMBALANCE_COUNTS:
     _counts = [300] * 5
     _counts[MINORITY] = _n
+    # the same number of optimisation steps for every count (20 epochs of the balanced 1500)
     _face_entry(f"face_cnn_imb{_n}", f"syndrome classifier trained with {_n} hypertelorism faces (300 of the others)",
-                n_train=sum(_counts), dataset_params={"class_counts": _counts})
+                n_train=sum(_counts), epochs=round(20 * 1500 / sum(_counts)), dataset_params={"class_counts": _counts})
