@@ -34,7 +34,9 @@ def _face_studies(run_dir: Path) -> list[dict[str, Any]]:
         data = [d for d in st.get("datasets", []) if d.get("name") == "faces"]
         models = [m for m in st.get("models", []) if m.get("source") == "zoo" and str(m.get("name", "")).startswith("face_")]
         if data and models:
-            out.append({"study": st, "dataset": data[0], "model": models[0]})
+            embedders = [m for m in models if m["name"] == "face_embedder"]
+            out.append({"study": st, "dataset": data[0], "model": models[0],
+                        "embedder": embedders[0] if embedders else None})
     return out
 
 
@@ -95,7 +97,35 @@ def faces_class_maps(run_dir: Path, results: pd.DataFrame, summary: pd.DataFrame
         out.append((f"{st['name']}: syndrome-wise maps and composite faces",
                     save(fig, figure_path(run_dir, f"faces_class_maps_{st['name']}"))))
         out += _patients(run_dir, st, methods, model, batch, classes)
+        if item["embedder"] is not None:
+            out += _similarity(run_dir, st, zoo.load("face_embedder"), batch, classes)
     return out
+
+
+def _similarity(run_dir: Path, st: dict[str, Any], model: Any, batch: Any, classes: list[str]) -> list[tuple[str, Path]]:
+    """Per syndrome, two of its faces and the regions that make them similar to each other
+    (GradCAM of the cosine similarity of their embeddings, unfiltered)."""
+    from .analyses import similarity_maps
+
+    pairs = [torch.nonzero(batch.targets == c).flatten()[:2] for c in range(len(classes))]
+    pairs = [p for p in pairs if len(p) == 2]
+    a, b = batch.inputs[[int(p[0]) for p in pairs]], batch.inputs[[int(p[1]) for p in pairs]]
+    ma, mb = similarity_maps(model, a, b)
+    fig = new_figure(6.0, 1.5 * len(pairs) + 0.5)
+    axes = fig.subplots(len(pairs), 4, squeeze=False)
+    for r, p in enumerate(pairs):
+        for j, (img, m, idx) in enumerate(((a[r], ma[r], p[0]), (b[r], mb[r], p[1]))):
+            region = batch.masks[int(idx)].numpy()
+            overlay(axes[r, 2 * j], _image(img), None, region)
+            sm = normalise_maps(m[None])[0].numpy()
+            axes[r, 2 * j + 1].imshow(_image(img) * 0.5 + 0.25)
+            axes[r, 2 * j + 1].imshow(sm, cmap="RdBu_r", vmin=-1, vmax=1, alpha=0.75)
+            axes[r, 2 * j + 1].set_xticks([]), axes[r, 2 * j + 1].set_yticks([])
+        axes[r, 0].set_ylabel(classes[int(batch.targets[int(p[0])])], fontsize=7)
+    fig.suptitle(f"{st['name']}: similarity maps of face_embedder (what makes two faces of a syndrome similar)",
+                 fontsize=9)
+    return [(f"{st['name']}: similarity maps of the embedding model",
+             save(fig, figure_path(run_dir, f"faces_similarity_{st['name']}")))]
 
 
 def _patients(run_dir: Path, st: dict[str, Any], methods: list[dict[str, Any]], model: Any, batch: Any,
