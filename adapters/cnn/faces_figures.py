@@ -22,7 +22,7 @@ from xaibench.report.figures import figure_path, new_figure, overlay, register_f
 from .analyses import class_maps, normalise_maps
 
 PER_CLASS = 6
-MAX_METHODS = 8
+MAX_METHODS = 14
 
 
 def _face_studies(run_dir: Path) -> list[dict[str, Any]]:
@@ -122,7 +122,7 @@ def _similarity(run_dir: Path, st: dict[str, Any], model: Any, batch: Any, class
             axes[r, 2 * j + 1].imshow(sm, cmap="RdBu_r", vmin=-1, vmax=1, alpha=0.75)
             axes[r, 2 * j + 1].set_xticks([]), axes[r, 2 * j + 1].set_yticks([])
         axes[r, 0].set_ylabel(classes[int(batch.targets[int(p[0])])], fontsize=7)
-    fig.suptitle(f"{st['name']}: similarity maps of face_embedder (what makes two faces of a syndrome similar)",
+    fig.suptitle(f"{st['name']}: face_embedder similarity maps\n(what makes two faces of a syndrome similar)",
                  fontsize=9)
     return [(f"{st['name']}: similarity maps of the embedding model",
              save(fig, figure_path(run_dir, f"faces_similarity_{st['name']}")))]

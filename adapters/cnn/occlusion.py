@@ -40,6 +40,14 @@ def window_starts(size: int, window: int, stride: int) -> list[int]:
     return [i * stride for i in range(math.ceil((size - window) / stride) + 1)]
 
 
+PIXELS_PER_FORWARD = 200_000
+
+
+def auto_batch_size(h: int, w: int) -> int:
+    """Occluded images per forward pass for (h, w) images: ~PIXELS_PER_FORWARD pixels, 1..256."""
+    return max(1, min(256, PIXELS_PER_FORWARD // (h * w)))
+
+
 @functools.lru_cache(maxsize=16)
 def window_masks(h: int, w: int, window: tuple[int, int], stride: tuple[int, int]) -> Tensor:
     """(P, h, w) bool masks of the P occlusion windows, row-major over window positions."""
@@ -62,7 +70,10 @@ class Occlusion(Explainer):
         baseline: what replaces the window — a number (0.0 = black), ``"mean"`` (the image's
             per-channel mean) or ``"blur"`` (the image blurred with ``blur_sigma`` px).
         blur_sigma: Gaussian sigma of the ``"blur"`` baseline in pixels (5.0).
-        batch_size: occluded images per forward pass (128); memory ~ batch_size × one image.
+        batch_size: occluded images per forward pass; None (default) picks about
+            :data:`PIXELS_PER_FORWARD` pixels per pass (15 images of 112², 48 of 64²): CPU
+            forwards were fastest there (larger batches spill the caches: resnet18 at 112²
+            took 1.7 s per image with 16 per pass, 2.2 s with 64 and 3.0 s with 484).
 
     Returns:
         a ``pixel`` Attribution (B, H, W), signed (positive: occluding the region lowers the
@@ -70,7 +81,7 @@ class Occlusion(Explainer):
     """
 
     kind = "pixel"
-    defaults: dict[str, Any] = {"window": 10, "stride": 5, "baseline": 0.0, "blur_sigma": 5.0, "batch_size": 128}
+    defaults: dict[str, Any] = {"window": 10, "stride": 5, "baseline": 0.0, "blur_sigma": 5.0, "batch_size": None}
 
     def explain(self, inputs: Tensor, target: Target = None) -> Attribution:
         check_images(inputs, self.name)
@@ -80,7 +91,7 @@ class Occlusion(Explainer):
         b, _, h, w = inputs.shape
         if window[0] > h or window[1] > w:
             raise ValueError(f"{self.name}: window {window} larger than the image ({h}, {w}); use a smaller window")
-        bs = int(p["batch_size"])
+        bs = auto_batch_size(h, w) if p["batch_size"] is None else int(p["batch_size"])
         if bs < 1:
             raise ValueError(f"{self.name}: batch_size must be >= 1, got {bs}")
         x = inputs.detach()
