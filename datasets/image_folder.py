@@ -34,6 +34,8 @@ import torch
 
 from xaibench import SampleDataset, register_dataset
 
+from ._image_tools import box_of
+
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 
@@ -195,7 +197,7 @@ class ImageFolder(SampleDataset):
         if mask is not None:
             sample["masks"] = mask
         if boxes is not None or mask is not None:
-            sample["boxes"] = boxes if boxes is not None else _box_of(mask)
+            sample["boxes"] = boxes if boxes is not None else torch.from_numpy(box_of(mask.numpy()))
         return sample
 
     def _mask(self, f: Path, rel: str, orig: tuple[int, int], size: tuple[int, int], boxes: torch.Tensor | None) -> torch.Tensor | None:
@@ -228,10 +230,3 @@ class ImageFolder(SampleDataset):
         if len(shapes) > 1:
             raise ValueError(f"image_folder: images of different sizes {sorted(shapes)} cannot be batched; pass size=")
         return super().collate(samples)
-
-
-def _box_of(mask: torch.Tensor) -> torch.Tensor:
-    ys, xs = torch.nonzero(mask, as_tuple=True)
-    if len(ys) == 0:
-        return torch.zeros((0, 4))
-    return torch.tensor([[xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]], dtype=torch.float32)

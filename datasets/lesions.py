@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import torch
 
 from xaibench import SampleDataset, register_dataset
 
@@ -69,7 +70,7 @@ class Lesions(SampleDataset):
         tint = rng.uniform(0.85, 1.15, 3)
         return {
             "inputs": to_rgb(img, tint), "targets": cls, "masks": mask,
-            "boxes": __import__("torch").from_numpy(box_of(mask)),
+            "boxes": torch.from_numpy(box_of(mask)),
             "ids": f"lesions/{self.split}/{self.seed}/{index}",
             "lesion_radius": float(r), "contrast": float(contrast),
         }

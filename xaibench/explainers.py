@@ -245,7 +245,7 @@ def model_fingerprint(model: nn.Module) -> dict[str, Any]:
     """Everything an explainer must leave unchanged: modes, grad flags, hooks, in-place and
     fused-attention switches, and a parameter checksum."""
     with torch.no_grad():
-        checksum = float(sum(p.double().sum() for p in model.parameters())) if any(True for _ in model.parameters()) else 0.0
+        checksum = float(sum((p.double().sum() for p in model.parameters()), 0.0))
     return {
         "training": [m.training for m in model.modules()],
         "requires_grad": [p.requires_grad for p in model.parameters()],
