@@ -1,9 +1,6 @@
 """Metric modules (installed as ``xaibench.metrics``). Every module in this package is
 imported when the package is, so a new metric file registers itself with no other edit."""
 
-import importlib
-import pkgutil
+from xaibench.util import import_submodules
 
-for _m in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
-    if not _m.name.startswith("_"):
-        importlib.import_module(f"{__name__}.{_m.name}")
+import_submodules(__name__)

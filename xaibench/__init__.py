@@ -13,32 +13,40 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from .baselines import list_baselines, register_baseline
+from .baselines import BASELINES, list_baselines, register_baseline
 from .data import (
-    SampleDataset, create_dataset, create_model, list_datasets, list_models, register_dataset,
+    DATASETS, MODELS, SampleDataset, create_dataset, create_model, list_datasets, list_models, register_dataset,
     register_model, sample_rng,
 )
-from .explainers import Explainer, ExplainerInfo, model_guard, register_explainer
-from .metric import Metric, create_metric, list_metrics, register_metric
-from .registry import EXPLAINERS, METRICS, load_plugins
+from .errors import SettingsError, XaibenchError
+from .explainers import EXPLAINERS, Explainer, ExplainerInfo, model_guard, register_explainer
+from .metric import METRICS, Metric, create_metric, list_metrics, register_metric
+from .registry import Registry, load_plugins
+from .settings import Settings
 from .types import KINDS, Attribution, Batch, MetricInfo, MetricScores
 from .zoo import ZooEntry, list_zoo, register_zoo
 
 __version__ = "0.1.0"
 
 
-def create_explainer(name: str, model: nn.Module, **params: Any) -> Explainer:
+def create_explainer(name: str, model: nn.Module, /, **params: Any) -> Explainer:
     """Build a registered explainer for ``model``: ``create_explainer("cnn.gradcam", model, layer="layer4")``.
 
     Raises:
         KeyError: unknown name (with close matches).
-        TypeError: a setting the explainer does not accept (the accepted ones are listed).
+        SettingsError: (a ``ValueError``) an unknown setting or a bad value, each named with
+            what is allowed.
     """
     return EXPLAINERS.get(name)(model, **params)
 
 
-def explain(model: nn.Module, inputs: Tensor, method: str, target: int | Tensor | None = None, **params: Any) -> Attribution:
-    """Explain ``inputs`` with ``method`` in one call (see :func:`create_explainer`)."""
+def explain(model: nn.Module, inputs: Tensor, method: str, /, target: int | Tensor | None = None,
+            **params: Any) -> Attribution:
+    """Explain ``inputs`` with ``method`` in one call (see :func:`create_explainer`).
+
+    ``model``, ``inputs`` and ``method`` are positional-only, so an explainer may have a
+    setting called ``method``.
+    """
     return create_explainer(method, model, **params).explain(inputs, target)
 
 
@@ -56,7 +64,8 @@ def metric_info(name: str) -> MetricInfo:
 
 
 __all__ = [
-    "Attribution", "Batch", "Explainer", "ExplainerInfo", "KINDS", "Metric", "MetricInfo", "MetricScores",
+    "BASELINES", "DATASETS", "EXPLAINERS", "METRICS", "MODELS", "Registry", "Settings", "SettingsError",
+    "XaibenchError", "Attribution", "Batch", "Explainer", "ExplainerInfo", "KINDS", "Metric", "MetricInfo", "MetricScores",
     "SampleDataset", "ZooEntry", "create_dataset", "create_explainer", "create_metric", "create_model",
     "explain", "explainer_info", "list_baselines", "list_datasets", "list_explainers", "list_metrics",
     "list_models", "list_zoo", "load_plugins", "metric_info", "model_guard", "register_baseline",

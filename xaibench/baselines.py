@@ -14,17 +14,18 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .data import sample_rng
-from .registry import BASELINES
+from .registry import Registry
 from .types import Attribution, Batch
 
 BaselineFn = Callable[[Attribution, Batch, int], "Attribution | None"]
 
 
-def register_baseline(name: str) -> Callable[[BaselineFn], BaselineFn]:
-    """Decorator registering ``fn(like, batch, seed) -> Attribution | None``."""
-    def deco(fn: BaselineFn) -> BaselineFn:
-        return BASELINES.add(name, fn)
-    return deco
+#: Baselines ``fn(like, batch, seed, *, settings...) -> Attribution | None``; their settings are
+#: the typed keyword-only parameters.
+BASELINES: Registry[BaselineFn] = Registry("baseline", key_pattern=r"[a-z][a-z0-9_]*")
+
+#: ``@register_baseline("random")``: decorator registering a baseline function.
+register_baseline = BASELINES.register
 
 
 def list_baselines(pattern: str | None = None) -> list[str]:
@@ -45,10 +46,14 @@ def _pixel_from_tokens(tok: Tensor, grid: tuple[int, int], size: tuple[int, int]
 
 
 @register_baseline("random")
-def random_baseline(like: Attribution, batch: Batch, seed: int = 0, grid: int = 7) -> Attribution:
+def random_baseline(like: Attribution, batch: Batch, seed: int = 0, *, grid: int = 7) -> Attribution:
     """Uniform random scores; for pixel maps, CAM-like (a random ``grid``×``grid`` map upsampled);
     for ``event_vector`` attributions, standard-normal vectors (isotropic directions: uniform
-    draws would all point into the positive orthant and bias direction metrics)."""
+    draws would all point into the positive orthant and bias direction metrics).
+
+    Args:
+        grid: side of the random low-resolution map that pixel maps are upsampled from.
+    """
     v = like.values
     extras: dict = {}
     if like.kind == "pixel":
@@ -72,8 +77,12 @@ def _gauss(h: int, w: int, sigma: float) -> Tensor:
 
 
 @register_baseline("centre")
-def centre_baseline(like: Attribution, batch: Batch, seed: int = 0, sigma: float = 0.25) -> Attribution | None:
-    """A centred Gaussian (sigma as a fraction of the image side); only for pixel/token maps."""
+def centre_baseline(like: Attribution, batch: Batch, seed: int = 0, *, sigma: float = 0.25) -> Attribution | None:
+    """A centred Gaussian; only for pixel/token maps.
+
+    Args:
+        sigma: the Gaussian's standard deviation as a fraction of the image side.
+    """
     b = like.batch_size
     if like.kind == "pixel":
         h, w = like.values.shape[-2:]

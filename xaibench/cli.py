@@ -68,7 +68,8 @@ def _table(rows: list[tuple[Any, ...]], head: tuple[str, ...] | None = None) -> 
 
 def _list_rows(what: str, pattern: Optional[str]) -> tuple[tuple[str, ...], list[tuple[Any, ...]]]:
     import xaibench
-    from xaibench.registry import EXPLAINERS, METRICS
+    from xaibench.explainers import EXPLAINERS
+    from xaibench.metric import METRICS
     from xaibench.runner import list_benchmarks
 
     if what == "explainers":

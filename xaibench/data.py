@@ -9,24 +9,26 @@ import numpy as np
 import torch
 from torch import nn
 
-from .registry import DATASETS, MODELS
+from .registry import FAMILY_KEY, Registry
+from .settings import Settings, _legacy_defaults, validate
 from .types import Batch
 
 
-def register_dataset(name: str) -> Callable[[Any], Any]:
-    """Decorator registering a dataset class (or factory) called with keyword settings."""
-    def deco(obj: Any) -> Any:
-        if isinstance(obj, type):
-            obj.name = name
-        return DATASETS.add(name, obj)
-    return deco
+def _dataset_info(name: str, cls: type) -> None:
+    cls.name = name
 
 
-def register_model(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
-    """Decorator registering a model builder ``fn(**params) -> nn.Module``."""
-    def deco(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        return MODELS.add(name, fn)
-    return deco
+#: Dataset registry: lower_snake keys, values :class:`SampleDataset` subclasses.
+DATASETS: Registry[type["SampleDataset"]] = Registry("dataset", key_pattern=r"[a-z][a-z0-9_]*",
+                                                     make_info=_dataset_info, functions=False)
+#: Model builders ``fn(**params) -> nn.Module``, keys ``family.name``; their settings are the
+#: builder's typed keyword-only parameters.
+MODELS: Registry[Callable[..., nn.Module]] = Registry("model", key_pattern=FAMILY_KEY, settings=False)
+
+#: ``@register_dataset("lesions")``: class decorator registering a :class:`SampleDataset`.
+register_dataset = DATASETS.register
+#: ``@register_model("cnn.timm")``: decorator registering a model builder.
+register_model = MODELS.register
 
 
 def create_dataset(name: str, **params: Any) -> Any:
@@ -60,9 +62,10 @@ def sample_rng(*keys: Any) -> np.random.Generator:
 class SampleDataset:
     """Base of seeded generators that make each sample independently from its index.
 
-    Subclasses implement :meth:`make_sample` (returns a dict of per-sample fields) and
-    may override :meth:`collate`. Settings are constructor keywords; ``get_params()``
-    gives them back for reports.
+    Subclasses implement :meth:`make_sample` (returns a dict of per-sample fields), declare
+    their settings as a nested ``Settings`` (validated at construction, read as
+    ``self.settings.<name>``) and may override :meth:`collate`. ``get_params()`` gives the
+    settings back for reports.
 
     Args:
         n: number of samples.
@@ -72,20 +75,30 @@ class SampleDataset:
     """
 
     name: ClassVar[str] = ""
-    defaults: ClassVar[dict[str, Any]] = {}
+    #: settings the runner sets itself (never part of a dataset's ``Settings``)
+    RUN_ARGS: ClassVar[tuple[str, ...]] = ("n", "batch_size", "seed", "split")
+
+    class Settings(Settings):
+        """No settings."""
+
+    def __init_subclass__(cls, **kw: Any) -> None:
+        super().__init_subclass__(**kw)
+        _legacy_defaults(cls)
 
     def __init__(self, n: int = 64, batch_size: int = 16, seed: int = 0, split: str = "test", **params: Any):
-        unknown = sorted(set(params) - set(self.defaults))
-        if unknown:
-            raise TypeError(f"{self.name or type(self).__name__}: unknown setting(s) {unknown}; "
-                            f"accepted: {sorted(['n', 'batch_size', 'seed', 'split', *self.defaults])}")
         if n < 1 or batch_size < 1:
             raise ValueError(f"{self.name}: n and batch_size must be >= 1, got n={n}, batch_size={batch_size}")
         self.n, self.batch_size, self.seed, self.split = int(n), int(batch_size), int(seed), str(split)
-        self.params = {**self.defaults, **params}
+        self.settings = validate(type(self).Settings, params, f"dataset {self.name or type(self).__name__!r}")
+        self.params = dict(self.settings)
 
     def get_params(self) -> dict[str, Any]:
         return {"n": self.n, "batch_size": self.batch_size, "seed": self.seed, "split": self.split, **self.params}
+
+    def fingerprint(self) -> str:
+        """What the samples are made of beyond the settings: ``""`` for generators (settings and
+        seed determine every sample); loaders of user files return a digest of those files."""
+        return ""
 
     def make_sample(self, rng: np.random.Generator, index: int) -> dict[str, Any]:
         raise NotImplementedError
@@ -116,3 +129,4 @@ class SampleDataset:
     def all(self) -> Batch:
         """Every sample in one batch."""
         return self.collate([self.sample(i) for i in range(self.n)])
+DATASETS.base = SampleDataset

@@ -19,7 +19,9 @@ from typing import Any, Callable, ClassVar, Iterator
 import torch
 from torch import Tensor, nn
 
-from .registry import EXPLAINERS
+from .registry import FAMILY_KEY, Registry
+from .settings import Settings, _legacy_defaults, validate
+from .util import close_matches
 from .types import KINDS, Attribution, Batch
 
 Target = int | Tensor | None
@@ -37,31 +39,32 @@ class ExplainerInfo:
 
 
 class Explainer:
-    """Base of every explainer. Subclasses set ``kind`` and implement :meth:`explain`.
+    """Base of every explainer. Subclasses set ``kind``, declare ``Settings`` and implement :meth:`explain`.
 
-    Settings are constructor keywords, stored in ``self.params`` so that
-    :meth:`get_params` gives a reproducible record for reports. Unknown settings raise
-    ``TypeError`` naming the accepted ones.
+    Settings are a frozen, typed :class:`xaibench.Settings` model nested in the class and
+    extended by subclasses; they are validated when the explainer is built (a bad value
+    raises :class:`~xaibench.errors.SettingsError` naming the setting and what is allowed),
+    read as ``self.settings.<name>``, and recorded by :meth:`get_params` for reports.
 
     Args:
         model: the model to explain; never modified.
-        **params: the explainer's settings (see the subclass).
+        **params: the explainer's settings (see its ``Settings``).
     """
 
     name: ClassVar[str] = ""
     kind: ClassVar[str] = "pixel"
-    #: settings and their defaults; subclasses extend this dict
-    defaults: ClassVar[dict[str, Any]] = {}
+
+    class Settings(Settings):
+        """No settings."""
+
+    def __init_subclass__(cls, **kw: Any) -> None:
+        super().__init_subclass__(**kw)
+        _legacy_defaults(cls)
 
     def __init__(self, model: nn.Module, **params: Any) -> None:
-        unknown = sorted(set(params) - set(self.defaults))
-        if unknown:
-            raise TypeError(
-                f"{self.name or type(self).__name__}: unknown setting(s) {unknown}; "
-                f"accepted: {sorted(self.defaults)}"
-            )
         self.model = model
-        self.params: dict[str, Any] = {**self.defaults, **params}
+        self.settings = validate(type(self).Settings, params, f"explainer {self.name or type(self).__name__!r}")
+        self.params: dict[str, Any] = dict(self.settings)
 
     def get_params(self) -> dict[str, Any]:
         """The settings this explainer runs with (defaults filled in)."""
@@ -81,42 +84,30 @@ class Explainer:
         return self.explain(inputs, target)
 
     def _attribution(self, values: Tensor, **extras: Any) -> Attribution:
-        params = {k: (v if isinstance(v, (int, float, str, bool, type(None), tuple, list)) else repr(v))
-                  for k, v in self.params.items()}
         return Attribution(values=values.detach(), kind=self.kind, method=self.name,
-                           params=params, extras=extras)
+                           params=self.settings.record(), extras=extras)
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.params.items())
         return f"{type(self).__name__}({args})"
 
 
-def register_explainer(name: str, *, fixture: str | None = None) -> Callable[[type], type]:
-    """Class decorator registering an :class:`Explainer` subclass under ``family.method``.
+def _explainer_info(name: str, cls: type, *, fixture: str | None = None) -> ExplainerInfo:
+    if cls.kind not in KINDS:
+        raise ValueError(f"register_explainer({name!r}): kind {cls.kind!r} not in {KINDS}")
+    cls.name = name
+    doc = inspect.getdoc(cls) or ""
+    family = name.split(".")[0]
+    return ExplainerInfo(name, family, cls.kind, doc.split("\n")[0], fixture or family)
 
-    Args:
-        name: registry key ``family.method`` (``cnn.hirescam``).
-        fixture: the contract-test fixture to run it on (default: its family).
 
-    Raises:
-        ValueError: the key is malformed or taken, or the class declares an unknown kind.
-    """
-    if name.count(".") != 1:
-        raise ValueError(f"register_explainer: key must be 'family.method', got {name!r}")
+#: The explainer registry: keys ``family.method``, values :class:`Explainer` subclasses.
+EXPLAINERS: Registry[type[Explainer]] = Registry(
+    "explainer", base=Explainer, key_pattern=FAMILY_KEY, make_info=_explainer_info, functions=False)
 
-    def deco(cls: type) -> type:
-        if not (isinstance(cls, type) and issubclass(cls, Explainer)):
-            raise TypeError(f"register_explainer({name!r}): expected an Explainer subclass, got {cls!r}")
-        if cls.kind not in KINDS:
-            raise ValueError(f"register_explainer({name!r}): kind {cls.kind!r} not in {KINDS}")
-        cls.name = name
-        doc = inspect.getdoc(cls) or ""
-        family = name.split(".")[0]
-        info = ExplainerInfo(name, family, cls.kind, doc.split("\n")[0], fixture or family)
-        EXPLAINERS.add(name, cls, info)
-        return cls
-
-    return deco
+#: ``@register_explainer("cnn.hirescam", fixture=None)``: class decorator registering an
+#: :class:`Explainer` subclass (``fixture``: the contract-test fixture, default its family).
+register_explainer = EXPLAINERS.register
 
 
 # ----------------------------------------------------------------------------- model safety
@@ -158,9 +149,8 @@ def find_module(model: nn.Module, layer: str | nn.Module) -> nn.Module:
     try:
         return model.get_submodule(layer)
     except AttributeError:
-        import difflib
         names = [n for n, _ in model.named_modules() if n]
-        close = difflib.get_close_matches(layer, names, n=5, cutoff=0.4)
+        close = close_matches(layer, names, cutoff=0.4)
         raise ValueError(
             f"layer: model has no submodule {layer!r}"
             + (f"; close: {close}" if close else f"; e.g. {names[-5:]}")

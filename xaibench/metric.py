@@ -11,20 +11,21 @@ wants to give a reason per undefined sample. Register it with its metadata::
 
 from __future__ import annotations
 
-import inspect
 from typing import Any, Callable
 
 import torch
 from torch import Tensor, nn
 
-from .registry import METRICS
+from .registry import Registry
+from .settings import validate
 from .types import KINDS, Attribution, Batch, MetricInfo, MetricScores
 
 MetricFn = Callable[..., "Tensor | MetricScores"]
 
 
-def register_metric(
+def _metric_info(
     name: str,
+    fn: MetricFn,
     *,
     direction: str,
     category: str,
@@ -35,41 +36,30 @@ def register_metric(
     undefined: str = "undefined",
     contract_skip: dict[str, str] | None = None,
     example: Callable[[], Any] | None = None,
-) -> Callable[[MetricFn], MetricFn]:
-    """Decorator registering a metric function with its metadata (see :class:`MetricInfo`).
-
-    Args:
-        undefined: the reason recorded for a NaN score when the function returns a plain tensor.
-        contract_skip: contract checks that do not apply (``perfect``, ``empty``, ``composition``,
-            ``range``), each mapped to the reason.
-        example: ``fn() -> xaibench.testing.MetricExample`` for the contract suite, when the
-            generic example built from ``kinds`` and ``needs`` does not fit the metric.
-
-    Raises:
-        ValueError: bad direction or kind, or the name is taken.
-    """
-    if direction not in ("higher", "lower"):
-        raise ValueError(f"register_metric({name!r}): direction must be 'higher' or 'lower', got {direction!r}")
+) -> MetricInfo:
     bad = [k for k in kinds if k not in KINDS]
     if bad:
         raise ValueError(f"register_metric({name!r}): unknown kinds {bad}; expected some of {KINDS}")
+    fn.__xaibench_undefined__ = undefined  # type: ignore[attr-defined]
     info = MetricInfo(name=name, direction=direction, category=category, kinds=tuple(kinds),
                       needs=tuple(needs), needs_model=needs_model, range=range,
                       contract_skip=dict(contract_skip or {}), example=example)
-
-    def deco(fn: MetricFn) -> MetricFn:
-        fn.__xaibench_undefined__ = undefined  # type: ignore[attr-defined]
-        fn.info = info  # type: ignore[attr-defined]
-        METRICS.add(name, fn, info)
-        return fn
-
-    return deco
+    fn.info = info  # type: ignore[attr-defined]
+    return info
 
 
-def _defaults(fn: Callable[..., Any]) -> dict[str, Any]:
-    sig = inspect.signature(fn)
-    return {k: p.default for k, p in sig.parameters.items()
-            if p.kind == p.KEYWORD_ONLY and p.default is not inspect.Parameter.empty}
+#: The metric registry: lower_snake keys, values metric functions (settings from their typed
+#: keyword-only parameters; ``model`` is passed by the runner, not a setting).
+METRICS: Registry[MetricFn] = Registry("metric", key_pattern=r"[a-z][a-z0-9_]*", make_info=_metric_info,
+                                       settings_skip=("model",))
+
+#: ``@register_metric(name, *, direction, category, kinds, needs=(), needs_model=False,
+#: range=(0, 1), undefined="undefined", contract_skip=None, example=None)`` registers a metric
+#: function with its metadata (see :class:`MetricInfo`). ``undefined`` is the reason recorded
+#: for a NaN score when the function returns a plain tensor; ``contract_skip`` maps contract
+#: checks that do not apply (``perfect``, ``empty``, ``composition``, ``range``) to the reason;
+#: ``example`` is ``fn() -> xaibench.testing.MetricExample`` when the generic one does not fit.
+register_metric = METRICS.register
 
 
 class Metric:
@@ -85,15 +75,13 @@ class Metric:
         self.name = name
         self.fn: MetricFn = entry.obj
         self.info: MetricInfo = entry.info
-        accepted = _defaults(self.fn)
-        unknown = sorted(set(params) - set(accepted) - {"model"})
-        if unknown:
-            raise TypeError(f"metric {name}: unknown setting(s) {unknown}; accepted: {sorted(accepted)}")
-        self.params = {**accepted, **params}
+        self.settings = validate(entry.settings, params, f"metric {name!r}")
+        self.params = dict(self.settings)
 
     @property
     def protocol(self) -> dict[str, Any]:
-        return {k: v for k, v in self.params.items() if k != "model"}
+        """The settings a score was measured with (defaults included), as plain JSON data."""
+        return self.settings.record()
 
     def get_params(self) -> dict[str, Any]:
         return self.protocol
@@ -115,7 +103,7 @@ class Metric:
     def evaluate(self, attr: Attribution, batch: Batch, model: nn.Module | None = None) -> MetricScores:
         """Scores and the reason for each undefined score."""
         self._check(attr, batch)
-        kwargs = dict(self.protocol)
+        kwargs = dict(self.params)
         if self.info.needs_model:
             if model is None:
                 raise ValueError(f"{self.name}: needs the model; call metric(attr, batch, model=model)")

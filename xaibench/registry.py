@@ -8,14 +8,17 @@ lazily on the first lookup, so the core never imports a wing.
 
 from __future__ import annotations
 
-import difflib
+import re
 import fnmatch
 import importlib
 import os
 import threading
 from dataclasses import dataclass, field
 from importlib import metadata
-from typing import Any, Callable, Generic, Iterator, TypeVar
+from typing import Any, Callable, Generic, Iterator, Sequence, TypeVar
+
+from .errors import UnknownNameError
+from .util import close_matches
 
 T = TypeVar("T")
 ENTRY_POINT_GROUP = "xaibench.plugins"
@@ -70,24 +73,95 @@ def load_plugins(force: bool = False) -> dict[str, str]:
 
 @dataclass(frozen=True)
 class Entry(Generic[T]):
-    """A registered object with its metadata."""
+    """A registered object with its metadata and its settings model."""
 
     name: str
     obj: T
     info: Any = None
     module: str = ""
+    settings: Any = None  # type[xaibench.settings.Settings] | None
 
 
-@dataclass
 class Registry(Generic[T]):
-    """A named, glob-searchable registry whose keys are unique."""
+    """A named, glob-searchable registry that owns registration, lookup, suggestions and listing.
 
-    what: str
-    _entries: dict[str, Entry[T]] = field(default_factory=dict)
+    Args:
+        what: what it holds, singular (``"explainer"``): used in messages and ``list_<what>s``.
+        base: registered classes must subclass it (functions are accepted when None or when
+            ``functions=True``).
+        key_pattern: a regular expression every key must match (``family.method``).
+        make_info: ``make_info(name, obj, **meta) -> info`` builds (and checks) the metadata
+            given to :meth:`register`; without it the metadata dict is stored as is.
+        settings: derive each entry's settings model at registration (classes: their nested
+            ``Settings``; functions: their typed keyword-only parameters).
+        functions: whether plain functions (not classes) may be registered.
 
-    def add(self, name: str, obj: T, info: Any = None) -> T:
+    Example:
+        >>> WIDGETS = Registry("widget")
+        >>> @WIDGETS.register("blue")
+        ... def blue(*, shade: float = 0.5): ...
+    """
+
+    def __init__(self, what: str, *, base: type | None = None, key_pattern: str | None = None,
+                 make_info: Callable[..., Any] | None = None, settings: bool = True,
+                 functions: bool = True, settings_skip: tuple[str, ...] = ()) -> None:
+        self.what = what
+        self.base = base
+        self.key_pattern = re.compile(key_pattern) if key_pattern else None
+        self.make_info = make_info
+        self.derive_settings = settings
+        self.functions = functions
+        self.settings_skip = settings_skip
+        self._entries: dict[str, Entry[T]] = {}
+
+    # ------------------------------------------------------------------ registration
+    def register(self, name: str, /, **meta: Any) -> Callable[[T], T]:
+        """Decorator registering a class or function under ``name`` with metadata ``meta``.
+
+        Raises:
+            ValueError: malformed or duplicate key, bad metadata.
+            TypeError: the object is not of the registry's base class.
+        """
+        self._check_key(name)
+
+        def deco(obj: T) -> T:
+            if isinstance(obj, type):
+                if self.base is not None and not issubclass(obj, self.base):
+                    raise TypeError(f"register {self.what} {name!r}: expected a subclass of "
+                                    f"{self.base.__name__}, got {obj!r}")
+            elif not self.functions or not callable(obj):
+                raise TypeError(f"register {self.what} {name!r}: expected a "
+                                f"{self.base.__name__ if self.base else 'class'} subclass, got {obj!r}")
+            info = self.make_info(name, obj, **meta) if self.make_info else (meta or None)
+            return self.add(name, obj, info)
+
+        return deco
+
+    def _check_key(self, name: str) -> None:
         if not isinstance(name, str) or not name:
             raise ValueError(f"register {self.what}: name must be a non-empty str, got {name!r}")
+        if self.key_pattern is not None and not self.key_pattern.fullmatch(name):
+            raise ValueError(f"register {self.what}: key {name!r} does not match {self.key_pattern.pattern!r}")
+
+    def _settings_of(self, name: str, obj: Any) -> Any:
+        if not self.derive_settings:
+            return None
+        from .settings import Settings, settings_from_signature
+        if isinstance(obj, type):
+            model = getattr(obj, "Settings", None)
+            if not (isinstance(model, type) and issubclass(model, Settings)):
+                raise TypeError(f"register {self.what} {name!r}: {obj.__name__}.Settings must subclass "
+                                "xaibench.Settings")
+            return model
+        return settings_from_signature(obj, name=name, skip=self.settings_skip)
+
+    def add(self, name: str, obj: T, info: Any = None) -> T:
+        """Register ``obj`` under ``name`` (what :meth:`register` calls).
+
+        Raises:
+            ValueError: the name is taken (the message names the module that took it).
+        """
+        self._check_key(name)
         if name in self._entries:
             prev = self._entries[name]
             raise ValueError(
@@ -95,20 +169,26 @@ class Registry(Generic[T]):
                 "pick another name or unregister the old one first"
             )
         module = getattr(obj, "__module__", "") or ""
-        self._entries[name] = Entry(name, obj, info, module)
+        self._entries[name] = Entry(name, obj, info, module, self._settings_of(name, obj))
         return obj
 
     def remove(self, name: str) -> None:
         """Unregister ``name`` (used by tests and by plugins that replace an entry)."""
         self._entries.pop(name, None)
 
+    # ------------------------------------------------------------------ lookup
     def entry(self, name: str) -> Entry[T]:
+        """The entry of ``name``; plugins are loaded on the first miss.
+
+        Raises:
+            UnknownNameError: (a ``KeyError``) with close matches.
+        """
         if name not in self._entries:
             load_plugins()
         try:
             return self._entries[name]
-        except KeyError:
-            raise KeyError(self._unknown(name)) from None
+        except (KeyError, TypeError):
+            raise UnknownNameError(self._unknown(name)) from None
 
     def get(self, name: str) -> T:
         return self.entry(name).obj
@@ -116,11 +196,19 @@ class Registry(Generic[T]):
     def info(self, name: str) -> Any:
         return self.entry(name).info
 
-    def names(self, pattern: str | None = None) -> list[str]:
+    def settings(self, name: str) -> Any:
+        """The settings model (a :class:`xaibench.Settings` subclass) of ``name``."""
+        return self.entry(name).settings
+
+    def names(self, pattern: str | None = None, exclude: str | Sequence[str] | None = None) -> list[str]:
+        """Registered keys, sorted, filtered by a glob and minus those matching ``exclude`` globs."""
         load_plugins()
         keys = sorted(self._entries)
         if pattern:
             keys = [k for k in keys if fnmatch.fnmatchcase(k, pattern)]
+        if exclude:
+            excl = [exclude] if isinstance(exclude, str) else list(exclude)
+            keys = [k for k in keys if not any(fnmatch.fnmatchcase(k, e) for e in excl)]
         return keys
 
     def __contains__(self, name: object) -> bool:
@@ -132,25 +220,15 @@ class Registry(Generic[T]):
 
     def _unknown(self, name: str) -> str:
         keys = sorted(self._entries)
-        close = difflib.get_close_matches(name, keys, n=5, cutoff=0.5)
+        close = close_matches(name, keys)
         if not close and isinstance(name, str) and "." in name:
             fam = name.split(".", 1)[0] + ".*"
             close = [k for k in keys if fnmatch.fnmatchcase(k, fam)][:8]
         hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-        avail = f" ({len(keys)} registered; list them with xaibench.list_{self.what}s())"
+        avail = f" ({len(keys)} registered; list them with `xaibench list {self.what}s`)"
         return f"unknown {self.what} {name!r}{hint}{avail}"
 
 
-EXPLAINERS: Registry[Any] = Registry("explainer")
-METRICS: Registry[Any] = Registry("metric")
-DATASETS: Registry[Any] = Registry("dataset")
-MODELS: Registry[Any] = Registry("model")
-ZOO: Registry[Any] = Registry("zoo_model")
-BASELINES: Registry[Any] = Registry("baseline")
-FIXTURES: Registry[Any] = Registry("fixture")
-
-
-def _decorator(reg: Registry[Any], name: str, info: Any = None) -> Callable[[T], T]:
-    def deco(obj: T) -> T:
-        return reg.add(name, obj, info)
-    return deco
+#: Registries of the core. Explainers, metrics and datasets get their base class and metadata
+#: builder from the modules that define them (xaibench.explainers, .metric, .data).
+FAMILY_KEY = r"[a-z][a-z0-9_]*\.[a-z0-9_]+"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from enum import Enum
 from dataclasses import dataclass, field
 from typing import Any, Literal, Sequence
 
@@ -16,10 +17,35 @@ KIND_NDIM: dict[str, int] = {
     "event": 2,  # (B, N) one score per event / instance
     "event_head": 3,  # (B, heads, N)
     "event_vector": 3,  # (B, N, m) a vector per event in feature space
+    "voxel": 4,  # (B, D, H, W) at input resolution, one volume per sample
 }
 KINDS: tuple[str, ...] = tuple(KIND_NDIM)
 
-Direction = Literal["higher", "lower"]
+class Direction(str, Enum):
+    """Which way a metric's score is better: the one encoding used everywhere (it compares
+    equal to, and serialises as, ``"higher"`` / ``"lower"``)."""
+
+    HIGHER = "higher"
+    LOWER = "lower"
+
+    def __str__(self) -> str:
+        return self.value
+
+    @classmethod
+    def parse(cls, value: "str | Direction", who: str = "direction") -> "Direction":
+        try:
+            return cls(value)
+        except ValueError:
+            raise ValueError(f"{who}: direction must be 'higher' or 'lower', got {value!r}") from None
+
+    @property
+    def sign(self) -> int:
+        """+1 when higher is better, -1 when lower is: ``sign * (new - old)`` is an improvement."""
+        return 1 if self is Direction.HIGHER else -1
+
+    def better(self, a: float, b: float) -> bool:
+        """True when score ``a`` is better than ``b``."""
+        return self.sign * (a - b) > 0
 
 
 def _check_kind(kind: str, values: Tensor, who: str) -> None:
@@ -41,7 +67,7 @@ class Attribution:
     Args:
         values: raw scores, never normalised; shape fixed by ``kind``:
             ``pixel`` (B, H, W), ``token`` (B, T), ``event`` (B, N),
-            ``event_head`` (B, heads, N), ``event_vector`` (B, N, m).
+            ``event_head`` (B, heads, N), ``event_vector`` (B, N, m), ``voxel`` (B, D, H, W).
         kind: one of :data:`KINDS`.
         method: registry key of the explainer that made it (``"cnn.gradcam"``).
         params: the explainer's settings, for reproducible reports.
@@ -98,7 +124,7 @@ class Batch:
     Args:
         inputs: model input, e.g. images (B, C, H, W) or event sets (B, N, m).
         targets: class labels (B,).
-        masks: ground-truth regions (B, H, W) bool.
+        masks: ground-truth regions (B, H, W) bool; (B, D, H, W) for volumes.
         boxes: per-sample list of (k, 4) boxes ``x0, y0, x1, y1`` in pixels (exclusive end).
         instance_labels: (B, N) per-event / per-instance labels (sets).
         polygons: gate polygons, per sample.
@@ -123,8 +149,8 @@ class Batch:
                 raise ValueError(
                     f"Batch: {name} has {int(v.shape[0])} samples but inputs has {b}"
                 )
-        if self.masks is not None and self.masks.ndim != 3:
-            raise ValueError(f"Batch: masks must be (B, H, W), got {tuple(self.masks.shape)}")
+        if self.masks is not None and self.masks.ndim not in (3, 4):
+            raise ValueError(f"Batch: masks must be (B, H, W) or, for volumes, (B, D, H, W), got {tuple(self.masks.shape)}")
         if self.ids is not None and len(self.ids) != b:
             raise ValueError(f"Batch: {len(self.ids)} ids for {b} samples")
 
@@ -208,9 +234,12 @@ class MetricInfo:
     contract_skip: dict[str, str] = field(default_factory=dict)
     example: Any = None
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "direction", Direction.parse(self.direction, f"metric {self.name!r}"))
+
     def better(self, a: float, b: float) -> bool:
         """True when score ``a`` is better than ``b`` in this metric's direction."""
-        return a > b if self.direction == "higher" else a < b
+        return self.direction.better(a, b)
 
 
 @dataclass(frozen=True)

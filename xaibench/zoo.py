@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from .data import create_model
-from .registry import ZOO
+from .registry import Registry
 
 TrainFn = Callable[["ZooEntry", nn.Module, int], dict[str, Any]]
 
@@ -65,10 +65,13 @@ class ZooEntry:
         return json.loads(self.card_path.read_text()) if self.card_path.exists() else {}
 
 
+#: The zoo: lower_snake keys, values :class:`ZooEntry` (its own metadata).
+ZOO: Registry[ZooEntry] = Registry("zoo_model", key_pattern=r"[a-z][a-z0-9_]*", settings=False)
+
+
 def register_zoo(entry: ZooEntry) -> ZooEntry:
     """Register a zoo entry (a duplicate name raises)."""
     return ZOO.add(entry.name, entry, entry)
-
 
 def list_zoo(pattern: str | None = None) -> list[str]:
     return ZOO.names(pattern)

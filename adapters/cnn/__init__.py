@@ -4,9 +4,6 @@ Every module of this package is imported with it (importing registers), so a new
 module needs no edit here.
 """
 
-import importlib
-import pkgutil
+from xaibench.util import import_submodules
 
-for _m in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
-    if not _m.name.startswith("_"):
-        importlib.import_module(f"{__name__}.{_m.name}")
+import_submodules(__name__)

@@ -46,7 +46,7 @@ def _in_channels(model: nn.Module) -> int:
 
 
 def _dataset_size(name: str, params: dict[str, Any]) -> int | None:
-    from ..registry import DATASETS
+    from ..data import DATASETS
     obj = DATASETS.get(name)
     size = params.get("size", getattr(obj, "defaults", {}).get("size"))
     return int(size) if isinstance(size, (int, float)) else None

@@ -221,7 +221,7 @@ def _parse_study(st: Any, i: int, defaults: dict[str, Any], seed: int, where: st
     baselines = s["baselines"]
     if not isinstance(baselines, list) or not all(isinstance(b, str) for b in baselines):
         raise ConfigError(f"{at}.baselines: expected a list of names, got {baselines!r}")
-    from ..registry import BASELINES
+    from ..baselines import BASELINES
     for j, b in enumerate(baselines):
         check_registered(BASELINES, b, f"{at}.baselines[{j}]")
     return Study(name=name, datasets=datasets, models=models, explainers=explainers, metrics=metrics,

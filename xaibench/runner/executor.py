@@ -23,7 +23,8 @@ from .store import CellResult
 BatchCallback = Callable[[str, int, int], None]
 WorkFn = Callable[["Job", BatchCallback], Iterator[CellResult]]
 
-EXECUTORS: Registry[Any] = Registry("executor")
+#: Executors, constructed with keyword settings (``create_executor("ray", workers=4)``).
+EXECUTORS: Registry[Any] = Registry("executor", settings=False)
 
 
 @dataclass(frozen=True)
@@ -43,11 +44,8 @@ class Executor(Protocol):
             on_batch: BatchCallback) -> None: ...
 
 
-def register_executor(name: str) -> Callable[[type], type]:
-    """Class decorator registering an :class:`Executor` (constructed with keyword settings)."""
-    def deco(cls: type) -> type:
-        return EXECUTORS.add(name, cls)
-    return deco
+#: ``@register_executor("local")``: class decorator registering an :class:`Executor`.
+register_executor = EXECUTORS.register
 
 
 def create_executor(name: str = "local", **params: Any) -> Executor:

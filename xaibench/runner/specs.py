@@ -96,7 +96,7 @@ def _signature_keys(fn: Any) -> set[str] | None:
 
 
 def dataset_spec(x: Any, at: str) -> Spec:
-    from ..registry import DATASETS
+    from ..data import DATASETS
     name, label, params, _ = _entry(x, at, {"name", "label", "params"})
     obj = check_registered(DATASETS, name, at).obj
     reserved = {"n", "batch_size", "seed", "split"} & set(params)
@@ -109,7 +109,8 @@ def dataset_spec(x: Any, at: str) -> Spec:
 
 
 def model_spec(x: Any, at: str, base_dir: Path | None) -> Spec:
-    from ..registry import MODELS, ZOO
+    from ..data import MODELS
+    from ..zoo import ZOO
     if isinstance(x, str):
         x = {"zoo": x}
     if not isinstance(x, dict):
@@ -147,7 +148,7 @@ def _digest(path: Path) -> str:
 
 
 def explainer_spec(x: Any, at: str) -> Spec:
-    from ..registry import EXPLAINERS
+    from ..explainers import EXPLAINERS
     name, label, params, _ = _entry(x, at, {"name", "label", "params"})
     if name.startswith("baseline."):
         raise ConfigError(f"{at}: baselines are not explainers; list them in the study's 'baselines'")
@@ -158,7 +159,7 @@ def explainer_spec(x: Any, at: str) -> Spec:
 
 def metric_spec(x: Any, at: str) -> Spec:
     from ..metric import _defaults
-    from ..registry import METRICS
+    from ..metric import METRICS
     name, label, params, _ = _entry(x, at, {"name", "label", "params"})
     fn = check_registered(METRICS, name, at).obj
     _check_settings(params, set(_defaults(fn)), at, f"metric {name!r}")

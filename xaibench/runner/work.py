@@ -182,7 +182,7 @@ def execute_job(ctx: RunContext, job: Job, on_batch: BatchCallback) -> Iterator[
 def run_cell(state: _JobState, cell: Cell, on_batch: BatchCallback) -> CellResult:
     """Explain every batch of a cell, score every metric, and build the cell's rows."""
     from .. import create_explainer
-    from ..registry import BASELINES
+    from ..baselines import BASELINES
 
     t_cell = time.perf_counter()
     study, ctx = cell.study, state.ctx

@@ -21,7 +21,10 @@ from torch import Tensor, nn
 
 from ..explainers import Explainer, model_fingerprint
 from ..metric import Metric
-from ..registry import EXPLAINERS, FIXTURES, METRICS, load_plugins
+from ..registry import load_plugins
+from ..explainers import EXPLAINERS
+from .fixtures import FIXTURES
+from ..metric import METRICS
 from ..types import KIND_NDIM, Attribution, Batch
 from .fixtures import FixtureCase, register_fixture
 

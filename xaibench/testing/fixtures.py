@@ -7,7 +7,7 @@ from typing import Any, Callable
 
 from torch import Tensor, nn
 
-from ..registry import FIXTURES
+from ..registry import Registry
 from ..types import Batch
 
 
@@ -34,8 +34,8 @@ class FixtureCase:
     differentiable: bool = True
 
 
-def register_fixture(name: str) -> Callable[[Callable[[], FixtureCase]], Callable[[], FixtureCase]]:
-    """Decorator registering ``fn() -> FixtureCase`` under a family name (``"cnn"``)."""
-    def deco(fn: Callable[[], FixtureCase]) -> Callable[[], FixtureCase]:
-        return FIXTURES.add(name, fn)
-    return deco
+#: Contract-test fixtures ``fn() -> FixtureCase``, keyed by family name (``"cnn"``).
+FIXTURES: Registry[Callable[[], FixtureCase]] = Registry("fixture", settings=False)
+
+#: ``@register_fixture("cnn")``: decorator registering ``fn() -> FixtureCase`` for a family.
+register_fixture = FIXTURES.register

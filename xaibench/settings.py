@@ -1,0 +1,167 @@
+"""One typed settings mechanism for every plugin: explainers, metrics, datasets, baselines, models.
+
+A plugin's settings are a frozen pydantic model, the single source for validation at
+construction, ``get_params()``, the protocol recorded with every score, the TOML checker
+(and its JSON Schema) and ``xaibench list --details``. Classes declare it as a nested
+``Settings`` class (fields documented by attribute docstrings); functions declare it by their
+typed keyword-only parameters (documented in the docstring's ``Args:``), from which the same
+kind of model is built once, at registration::
+
+    class GradCAM(CAMExplainer):
+        class Settings(CAMExplainer.Settings):
+            relu: bool = True
+            \"\"\"Keep only positive evidence.\"\"\"
+
+    def iou(attr, batch, *, threshold: Literal["otsu", "mean"] = "otsu") -> Tensor:
+        \"\"\"...
+        Args:
+            threshold: how the map is binarised.
+        \"\"\"
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+import typing
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from pydantic import BaseModel, ConfigDict, ValidationError, create_model
+
+from .errors import SettingsError
+from .util import close_matches
+
+
+class Settings(BaseModel):
+    """Base of every plugin's settings: frozen, unknown keys rejected, fields documented.
+
+    Values keep their Python types (tuples stay tuples); :meth:`record` gives JSON-able data.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True,
+                              arbitrary_types_allowed=True, protected_namespaces=())
+
+    def record(self) -> dict[str, Any]:
+        """The settings as plain JSON data (for protocols, hashes and reports)."""
+        return self.model_dump(mode="json")
+
+
+_ARG_RE = re.compile(r"^\s{2,}(\w+)(?:\s*\(.*?\))?:\s*(.*)$")
+
+
+def docstring_args(fn: Callable[..., Any]) -> dict[str, str]:
+    """``name -> doc`` from a Google-style ``Args:`` section (continuation lines joined)."""
+    doc = inspect.getdoc(fn) or ""
+    out: dict[str, str] = {}
+    in_args, current, indent = False, None, None
+    for line in doc.splitlines():
+        if line.strip() in ("Args:", "Arguments:", "Settings:"):
+            in_args, current = True, None
+            continue
+        if in_args:
+            if line and not line.startswith(" "):  # next section
+                in_args = False
+                continue
+            m = _ARG_RE.match(line)
+            lead = len(line) - len(line.lstrip())
+            if m and (indent is None or lead <= indent):
+                indent, current = lead, m.group(1)
+                out[current] = m.group(2).strip()
+            elif current and line.strip():
+                out[current] += " " + line.strip()
+    return out
+
+
+def settings_from_signature(fn: Callable[..., Any], *, name: str, skip: tuple[str, ...] = ()) -> type[Settings]:
+    """A :class:`Settings` model from a function's keyword-only parameters (types, defaults, docs).
+
+    Raises:
+        TypeError: a keyword-only parameter has no default (settings must have one).
+    """
+    hints = typing.get_type_hints(fn, include_extras=True)
+    docs = docstring_args(fn)
+    fields: dict[str, Any] = {}
+    from pydantic import Field
+    for pname, p in inspect.signature(fn).parameters.items():
+        if p.kind != p.KEYWORD_ONLY or pname in skip:
+            continue
+        if p.default is inspect.Parameter.empty:
+            raise TypeError(f"{name}: setting {pname!r} needs a default value")
+        fields[pname] = (hints.get(pname, Any), Field(p.default, description=docs.get(pname)))
+    model_name = "".join(part.capitalize() for part in re.split(r"[^0-9a-zA-Z]+", name)) + "Settings"
+    return create_model(model_name, __base__=Settings, **fields)
+
+
+def _legacy_defaults(cls: type) -> None:  # TRANSITIONAL: removed once every plugin declares Settings
+    own = cls.__dict__.get("defaults")
+    if isinstance(own, dict) and "Settings" not in cls.__dict__:
+        from typing import Any as _Any
+        parent = cls.Settings  # type: ignore[attr-defined]
+        fields = {k: (_Any, v) for k, v in own.items() if k not in parent.model_fields or True}
+        cls.Settings = create_model(f"{cls.__name__}Settings", __base__=parent, **fields)  # type: ignore[attr-defined]
+
+
+def _fmt_loc(loc: tuple[Any, ...]) -> str:
+    return ".".join(str(x) for x in loc)
+
+
+def _allowed(field_info: Any) -> str:
+    ann = getattr(field_info, "annotation", None)
+    if typing.get_origin(ann) is typing.Literal:
+        return f" (allowed: {', '.join(repr(a) for a in typing.get_args(ann))})"
+    return ""
+
+
+def validate(model: type[Settings], params: dict[str, Any], who: str, at: str = "") -> Settings:
+    """Build ``model`` from ``params``; on any problem raise :class:`SettingsError` listing each
+    bad setting with its path (``at`` prefixes it), what was given and what is allowed."""
+    try:
+        return model(**params)
+    except ValidationError as exc:
+        problems = []
+        fields = model.model_fields
+        for err in exc.errors():
+            loc = err.get("loc", ())
+            key = str(loc[0]) if loc else ""
+            path = f"{at}.{_fmt_loc(loc)}" if at else _fmt_loc(loc)
+            if err.get("type") == "extra_forbidden":
+                close = close_matches(key, list(fields))
+                hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+                problems.append((path, f"{who} has no setting {key!r}{hint} (accepted: {sorted(fields)})"))
+            else:
+                allowed = _allowed(fields[key]) if key in fields else ""
+                problems.append((path, f"{err.get('msg')}, got {err.get('input')!r}{allowed}"))
+        raise SettingsError(who, problems) from None
+
+
+@dataclass(frozen=True)
+class SettingDoc:
+    """One setting for listings and docs: name, type, default and description."""
+
+    name: str
+    type: str
+    default: Any
+    doc: str
+
+
+def _type_name(ann: Any) -> str:
+    if typing.get_origin(ann) is typing.Literal:
+        return " | ".join(repr(a) for a in typing.get_args(ann))
+    text = getattr(ann, "__name__", None) if not typing.get_args(ann) else None
+    return text or str(ann).replace("typing.", "")
+
+
+def describe(model: type[Settings]) -> list[SettingDoc]:
+    """Every setting of ``model`` with its type, default and doc, in declaration order."""
+    return [SettingDoc(k, _type_name(f.annotation), f.default, (f.description or "").strip())
+            for k, f in model.model_fields.items()]
+
+
+def json_schema(model: type[Settings]) -> dict[str, Any]:
+    """The JSON Schema of a settings model (what a TOML ``params`` table may hold)."""
+    return model.model_json_schema(mode="validation")
+
+
+__all__ = ["Settings", "SettingDoc", "SettingsError", "describe", "docstring_args", "json_schema",
+           "settings_from_signature", "validate"]
