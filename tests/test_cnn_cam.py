@@ -2,12 +2,14 @@
 
 import numpy as np
 import pytest
+
+from xaibench.errors import SettingsError
 import timm
 import torch
 import torchvision
 
 import xaibench
-from xaibench.explainers import hook_count
+from xaibench.testing.oracles import hook_count
 
 pytorch_grad_cam = pytest.importorskip("pytorch_grad_cam")
 from pytorch_grad_cam import GradCAM as GCGradCAM, HiResCAM as GCHiResCAM  # noqa: E402
@@ -115,7 +117,7 @@ def test_layer_by_name_module_and_errors(resnet):
         xaibench.explain(resnet, x, "cnn.gradcam", layer="layer5")
     with pytest.raises(ValueError, match="not part of the model"):
         xaibench.explain(resnet, x, "cnn.gradcam", layer=torch.nn.Conv2d(1, 1, 1))
-    with pytest.raises(TypeError, match="accepted"):
+    with pytest.raises(SettingsError, match="accepted"):
         xaibench.create_explainer("cnn.gradcam", resnet, lyer="layer4")
 
 

@@ -10,7 +10,7 @@ import torch
 
 import xaibench
 from xaibench.adapters.cnn._common import make_baseline
-from xaibench.explainers import model_fingerprint
+from xaibench.testing.oracles import model_fingerprint
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,8 @@
 """Registries: unique keys, close-match errors, glob listing, explain/create API."""
 
 import pytest
+
+from xaibench.errors import SettingsError
 import torch
 
 import xaibench
@@ -35,11 +37,11 @@ def test_register_explainer_validates():
 
     with pytest.raises(ValueError, match="family.method"):
         xaibench.register_explainer("nodot")
-    with pytest.raises(TypeError, match="Explainer subclass"):
+    with pytest.raises(TypeError, match="subclass of Explainer"):
         xaibench.register_explainer("x.y")(object)
 
     class Bad(Explainer):
-        kind = "voxel"
+        kind = "hologram"
 
     with pytest.raises(ValueError, match="kind"):
         xaibench.register_explainer("test.bad_kind")(Bad)
@@ -50,14 +52,14 @@ def test_register_metric_validates():
     with pytest.raises(ValueError, match="direction"):
         xaibench.register_metric("m1", direction="up", category="x", kinds=("pixel",))
     with pytest.raises(ValueError, match="kinds"):
-        xaibench.register_metric("m2", direction="higher", category="x", kinds=("voxel",))
+        xaibench.register_metric("m2", direction="higher", category="x", kinds=("hologram",))
 
 
 def test_metric_params_and_protocol():
     m = xaibench.create_metric("iou", threshold="mean")
     assert m.protocol == {"threshold": "mean"}
     assert xaibench.create_metric("iou").protocol == {"threshold": "otsu"}
-    with pytest.raises(TypeError, match="accepted"):
+    with pytest.raises(SettingsError, match="accepted"):
         xaibench.create_metric("iou", thresh=0.5)
     assert m.info.direction == "higher" and m.info.category == "localisation"
 

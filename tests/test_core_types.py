@@ -11,7 +11,7 @@ def test_attribution_checks_kind_and_shape():
     with pytest.raises(ValueError, match="3 dims"):
         Attribution(values=torch.zeros(2, 4), kind="pixel", method="m")
     with pytest.raises(ValueError, match="unknown kind"):
-        Attribution(values=torch.zeros(2, 4), kind="voxel", method="m")
+        Attribution(values=torch.zeros(2, 4), kind="hologram", method="m")
     with pytest.raises(ValueError, match="grid"):
         Attribution(values=torch.zeros(2, 4), kind="token", method="m")
     a = Attribution(values=torch.zeros(2, 4), kind="token", method="m", extras={"grid": (2, 2)})

@@ -3,6 +3,7 @@
 import torch
 
 import xaibench
+from xaibench.errors import SettingsError
 
 
 def test_same_seed_same_samples_whatever_the_batching():
@@ -37,7 +38,7 @@ def test_settings_are_validated_and_recorded():
     ds = xaibench.create_dataset("lesions", n=4, size=48, radius=(0.1, 0.12))
     assert ds.get_params()["size"] == 48 and next(iter(ds)).inputs.shape[-1] == 48
     import pytest
-    with pytest.raises(TypeError, match="accepted"):
+    with pytest.raises(SettingsError, match="accepted"):
         xaibench.create_dataset("lesions", sise=48)
     with pytest.raises(ValueError, match="n and batch_size"):
         xaibench.create_dataset("lesions", n=0)

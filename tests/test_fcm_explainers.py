@@ -9,7 +9,7 @@ import torch.nn.functional as F
 import xaibench
 from xaibench.adapters.fcm.explainers import attention_received
 from xaibench.adapters.fcm.fixture import fixture_batch
-from xaibench.adapters.fcm.model import explicit_forward
+from xaibench.testing.oracles import explicit_reluformer_forward as explicit_forward
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 import xaibench
-from xaibench.adapters.fcm.model import ReluFormer, explicit_forward
+from xaibench.adapters.fcm.model import ReluFormer
+from xaibench.testing.oracles import explicit_reluformer_forward as explicit_forward
 
 GATES = [(0, 1), (5, 2), (7, 2), (5, 4)]
 

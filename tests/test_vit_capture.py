@@ -6,7 +6,7 @@ import torch
 
 import xaibench
 from xaibench.adapters.vit.capture import attention_capture, attention_modules, token_layout
-from xaibench.explainers import hook_count, model_fingerprint
+from xaibench.testing.oracles import hook_count, model_fingerprint
 
 
 def _tiny(**kw):

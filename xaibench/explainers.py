@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar, Iterator
+from typing import Any, ClassVar, Iterator
 
 import torch
 from torch import Tensor, nn
@@ -103,7 +103,8 @@ def _explainer_info(name: str, cls: type, *, fixture: str | None = None) -> Expl
 
 #: The explainer registry: keys ``family.method``, values :class:`Explainer` subclasses.
 EXPLAINERS: Registry[type[Explainer]] = Registry(
-    "explainer", base=Explainer, key_pattern=FAMILY_KEY, make_info=_explainer_info, functions=False)
+    "explainer", base=Explainer, key_pattern=FAMILY_KEY, key_form="'family.method' (lower_snake parts)",
+    make_info=_explainer_info, functions=False)
 
 #: ``@register_explainer("cnn.hirescam", fixture=None)``: class decorator registering an
 #: :class:`Explainer` subclass (``fixture``: the contract-test fixture, default its family).
@@ -219,29 +220,3 @@ def check_images(inputs: Tensor, who: str) -> None:
         )
     if not inputs.is_floating_point():
         raise ValueError(f"{who}: expected floating-point inputs, got {inputs.dtype}")
-
-
-def hook_count(model: nn.Module) -> int:
-    """Number of hooks registered on any module of ``model`` (for leak checks)."""
-    n = 0
-    for m in model.modules():
-        for attr in ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks",
-                     "_backward_pre_hooks", "_state_dict_hooks", "_load_state_dict_pre_hooks"):
-            n += len(getattr(m, attr, {}) or {})
-    return n
-
-
-def model_fingerprint(model: nn.Module) -> dict[str, Any]:
-    """Everything an explainer must leave unchanged: modes, grad flags, hooks, in-place and
-    fused-attention switches, and a parameter checksum."""
-    with torch.no_grad():
-        checksum = float(sum((p.double().sum() for p in model.parameters()), 0.0))
-    return {
-        "training": [m.training for m in model.modules()],
-        "requires_grad": [p.requires_grad for p in model.parameters()],
-        "hooks": hook_count(model),
-        "inplace": [getattr(m, "inplace", None) for m in model.modules()],
-        "fused_attn": [getattr(m, "fused_attn", None) for m in model.modules()],
-        "types": [type(m).__name__ for m in model.modules()],
-        "params": checksum,
-    }

@@ -13,14 +13,20 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-import torch
 from torch import Tensor, nn
 
 from .registry import Registry
 from .settings import validate
-from .types import KINDS, Attribution, Batch, MetricInfo, MetricScores
+from .types import KINDS, Attribution, Batch, Direction, MetricInfo, MetricScores
 
 MetricFn = Callable[..., "Tensor | MetricScores"]
+
+
+def _check_metric_meta(name: str, *, direction: str = "", kinds: tuple[str, ...] = (), **_: Any) -> None:
+    Direction.parse(direction, f"register_metric({name!r})")
+    bad = [k for k in kinds if k not in KINDS]
+    if bad:
+        raise ValueError(f"register_metric({name!r}): unknown kinds {bad}; expected some of {KINDS}")
 
 
 def _metric_info(
@@ -37,9 +43,6 @@ def _metric_info(
     contract_skip: dict[str, str] | None = None,
     example: Callable[[], Any] | None = None,
 ) -> MetricInfo:
-    bad = [k for k in kinds if k not in KINDS]
-    if bad:
-        raise ValueError(f"register_metric({name!r}): unknown kinds {bad}; expected some of {KINDS}")
     fn.__xaibench_undefined__ = undefined  # type: ignore[attr-defined]
     info = MetricInfo(name=name, direction=direction, category=category, kinds=tuple(kinds),
                       needs=tuple(needs), needs_model=needs_model, range=range,
@@ -50,7 +53,8 @@ def _metric_info(
 
 #: The metric registry: lower_snake keys, values metric functions (settings from their typed
 #: keyword-only parameters; ``model`` is passed by the runner, not a setting).
-METRICS: Registry[MetricFn] = Registry("metric", key_pattern=r"[a-z][a-z0-9_]*", make_info=_metric_info,
+METRICS: Registry[MetricFn] = Registry("metric", key_pattern=r"[a-z][a-z0-9_]*", key_form="lower_snake",
+                                       check_meta=_check_metric_meta, make_info=_metric_info,
                                        settings_skip=("model",))
 
 #: ``@register_metric(name, *, direction, category, kinds, needs=(), needs_model=False,

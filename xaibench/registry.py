@@ -8,12 +8,13 @@ lazily on the first lookup, so the core never imports a wing.
 
 from __future__ import annotations
 
+import inspect
 import re
 import fnmatch
 import importlib
 import os
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import metadata
 from typing import Any, Callable, Generic, Iterator, Sequence, TypeVar
 
@@ -89,7 +90,9 @@ class Registry(Generic[T]):
         what: what it holds, singular (``"explainer"``): used in messages and ``list_<what>s``.
         base: registered classes must subclass it (functions are accepted when None or when
             ``functions=True``).
-        key_pattern: a regular expression every key must match (``family.method``).
+        key_pattern: a regular expression every key must match; ``key_form`` says it in words.
+        check_meta: ``check_meta(name, **meta)`` validates the metadata as soon as
+            :meth:`register` is called (before the decorated object exists).
         make_info: ``make_info(name, obj, **meta) -> info`` builds (and checks) the metadata
             given to :meth:`register`; without it the metadata dict is stored as is.
         settings: derive each entry's settings model at registration (classes: their nested
@@ -103,11 +106,14 @@ class Registry(Generic[T]):
     """
 
     def __init__(self, what: str, *, base: type | None = None, key_pattern: str | None = None,
+                 key_form: str = "", check_meta: Callable[..., None] | None = None,
                  make_info: Callable[..., Any] | None = None, settings: bool = True,
                  functions: bool = True, settings_skip: tuple[str, ...] = ()) -> None:
         self.what = what
         self.base = base
         self.key_pattern = re.compile(key_pattern) if key_pattern else None
+        self.key_form = key_form or (key_pattern or "")
+        self.check_meta = check_meta
         self.make_info = make_info
         self.derive_settings = settings
         self.functions = functions
@@ -123,6 +129,8 @@ class Registry(Generic[T]):
             TypeError: the object is not of the registry's base class.
         """
         self._check_key(name)
+        if self.check_meta is not None:
+            self.check_meta(name, **meta)
 
         def deco(obj: T) -> T:
             if isinstance(obj, type):
@@ -141,10 +149,10 @@ class Registry(Generic[T]):
         if not isinstance(name, str) or not name:
             raise ValueError(f"register {self.what}: name must be a non-empty str, got {name!r}")
         if self.key_pattern is not None and not self.key_pattern.fullmatch(name):
-            raise ValueError(f"register {self.what}: key {name!r} does not match {self.key_pattern.pattern!r}")
+            raise ValueError(f"register {self.what}: key must be {self.key_form}, got {name!r}")
 
     def _settings_of(self, name: str, obj: Any) -> Any:
-        if not self.derive_settings:
+        if not self.derive_settings or not (isinstance(obj, type) or inspect.isroutine(obj)):
             return None
         from .settings import Settings, settings_from_signature
         if isinstance(obj, type):

@@ -43,8 +43,9 @@ class Settings(BaseModel):
                               arbitrary_types_allowed=True, protected_namespaces=())
 
     def record(self) -> dict[str, Any]:
-        """The settings as plain JSON data (for protocols, hashes and reports)."""
-        return self.model_dump(mode="json")
+        """The settings as plain JSON data (for protocols, hashes and reports); values that are
+        not data (a module passed as ``layer``) are recorded by their ``repr``."""
+        return self.model_dump(mode="json", fallback=repr)
 
 
 _ARG_RE = re.compile(r"^\s{2,}(\w+)(?:\s*\(.*?\))?:\s*(.*)$")

@@ -66,7 +66,7 @@ class ZooEntry:
 
 
 #: The zoo: lower_snake keys, values :class:`ZooEntry` (its own metadata).
-ZOO: Registry[ZooEntry] = Registry("zoo_model", key_pattern=r"[a-z][a-z0-9_]*", settings=False)
+ZOO: Registry[ZooEntry] = Registry("zoo_model", key_pattern=r"[a-z][a-z0-9_]*", key_form="lower_snake", settings=False)
 
 
 def register_zoo(entry: ZooEntry) -> ZooEntry:

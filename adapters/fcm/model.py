@@ -12,7 +12,7 @@ feed-forward, so peak memory is O(N·d) (the layer input and output) plus one ch
 temporaries. With gradients, each layer is a custom autograd function that recomputes chunks
 in its backward (gradient checkpointing per chunk), so input gradients stay O(N·d) too.
 
-:func:`explicit_forward` is the N×N reference (materialised, row-normalised attention) used
+:func:`xaibench.testing.oracles.explicit_reluformer_forward` is the N×N reference (materialised, row-normalised attention) used
 only in tests.
 
 References: Qin et al., cosFormer: Rethinking softmax in attention, ICLR 2022; Kowarsch et al.,
@@ -293,32 +293,6 @@ class ReluFormer(nn.Module):
             sc, zc = self.head.sums(self.norm(x[:, a:b]))
             s, z = (sc, zc) if s is None else (s + sc, z + zc)
         return self.head.finish(s, z)
-
-
-def explicit_forward(model: ReluFormer, events: Tensor) -> Tensor:
-    """The N×N reference forward: materialised, row-normalised attention A = ReLU(Q)ReLU(K)ᵀ.
-
-    O(N²) memory: tests only. Same output as ``model(events)``."""
-    def attend(phi_q: Tensor, phi_k: Tensor, v: Tensor, heads: int, eps: float) -> Tensor:
-        b, nq, d = phi_q.shape
-        split = lambda t: t.reshape(b, t.shape[1], heads, d // heads).transpose(1, 2)  # noqa: E731
-        a = split(phi_q) @ split(phi_k).transpose(-1, -2)  # (B, H, Nq, N)
-        a = a / a.sum(-1, keepdim=True).clamp_min(eps)
-        return (a @ split(v)).transpose(1, 2).reshape(b, nq, d)
-
-    x = model.embed(events)
-    for layer in model.layers:
-        h = layer.norm1(x)
-        qkv = [layer.attn.project(h, w) for w in "qkv"]
-        x = x + layer.attn.proj(attend(F.relu(qkv[0]), F.relu(qkv[1]), qkv[2], model.n_heads, layer.eps))
-        x = x + layer.ffn(layer.norm2(x))
-    h = model.norm(x)
-    if model.task == "classify":
-        return model.head(h)
-    head: PolygonHead = model.head  # type: ignore[assignment]
-    q = F.relu(head.query).expand(h.shape[0], -1, -1)
-    pooled = attend(q, F.relu(head.key(h)), head.value(h), model.n_heads, head.eps)
-    return head.mlp(pooled).reshape(h.shape[0], head.n_polygons, head.n_vertices, 2)
 
 
 @register_model("fcm.reluformer")

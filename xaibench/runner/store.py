@@ -32,7 +32,7 @@ RESULT_COLUMNS: tuple[str, ...] = (
     "direction", "category", "is_baseline", "seed", "config_hash",
 )
 
-_SCHEMA = f"""
+_SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS cells (
     cell_key TEXT PRIMARY KEY, cell_index INTEGER NOT NULL, study TEXT, dataset TEXT, model TEXT,

@@ -19,7 +19,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..explainers import Explainer, model_fingerprint
+from ..explainers import Explainer
+from .oracles import model_fingerprint
 from ..metric import Metric
 from ..registry import load_plugins
 from ..explainers import EXPLAINERS
