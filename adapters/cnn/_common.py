@@ -5,16 +5,28 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from typing import Any, Callable, Iterator
+import typing
+from typing import Annotated, Any, Callable, Iterator, Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import PlainSerializer, StrictFloat
 from torch import Tensor, nn
 
 from xaibench.explainers import Explainer, Target, check_images, model_guard, resolve_target
 from xaibench.types import Attribution
 
-REDUCTIONS = ("sum", "abs_sum", "abs_max", "l2")
+#: A channel-reduction rule (see :func:`reduce_channels`).
+Reduction = Literal["sum", "abs_sum", "abs_max", "l2"]
+REDUCTIONS: tuple[str, ...] = typing.get_args(Reduction)
+
+#: A reference image rule (see :func:`make_baseline`): a number (bools rejected), ``"mean"`` or ``"blur"``.
+BaselineRule = StrictFloat | Literal["mean", "blur"]
+
+#: A layer setting: a dotted module name, the module itself, or None (the method's default);
+#: a module is recorded by its ``repr`` in protocols and reports.
+LayerRef = Annotated[str | nn.Module | None,
+                     PlainSerializer(lambda v: v if v is None or isinstance(v, str) else repr(v), when_used="json")]
 
 
 def reduce_channels(t: Tensor, how: str, who: str = "reduce") -> Tensor:
@@ -78,7 +90,11 @@ class PixelExplainer(Explainer):
     """
 
     kind = "pixel"
-    defaults: dict[str, Any] = {"reduce": "sum"}
+
+    class Settings(Explainer.Settings):
+        reduce: Reduction = "sum"
+        """How per-channel attributions become one map: ``"sum"`` (signed; keeps completeness),
+        ``"abs_sum"``, ``"abs_max"`` (largest magnitude over channels) or ``"l2"`` (channel norm)."""
 
     def channels(self, inputs: Tensor, target: Target) -> tuple[Any, ...]:
         raise NotImplementedError
@@ -91,9 +107,8 @@ class PixelExplainer(Explainer):
 
     def explain(self, inputs: Tensor, target: Target = None) -> Attribution:
         check_images(inputs, self.name)
-        reduce_channels(inputs[:0], self.params["reduce"], self.name)  # validate the rule early
         per_channel, t, *extras = self.channels(inputs.detach(), target)
-        return self._attribution(reduce_channels(per_channel, self.params["reduce"], self.name), target=t,
+        return self._attribution(reduce_channels(per_channel, self.settings.reduce, self.name), target=t,
                                  **(extras[0] if extras else {}))
 
 

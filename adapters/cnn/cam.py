@@ -9,7 +9,6 @@ overrides :meth:`CAMExplainer.cam` only.
 from __future__ import annotations
 
 import warnings
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +19,8 @@ from xaibench.explainers import (
 )
 from xaibench.types import Attribution
 from xaibench import register_explainer
+
+from ._common import LayerRef
 
 
 def default_cnn_layer(model: nn.Module) -> nn.Module:
@@ -44,17 +45,19 @@ def default_cnn_layer(model: nn.Module) -> nn.Module:
 class CAMExplainer(Explainer):
     """Base of CAM methods: ``map = cam(activations, gradients)`` at a layer, upsampled.
 
-    Settings:
-        layer: module or dotted name (default: the last convolutional stage).
-        relu: clamp the map at 0 (default True); ``relu=False`` keeps negative evidence.
-
     Returns (from :meth:`explain`): a ``pixel`` Attribution (B, H, W) at input resolution,
     bilinearly upsampled, raw (never min-max scaled); ``extras["layer_map"]`` holds the
     (B, h, w) map at the layer's resolution and ``extras["target"]`` the explained classes.
     """
 
     kind = "pixel"
-    defaults: dict[str, Any] = {"layer": None, "relu": True}
+
+    class Settings(Explainer.Settings):
+        layer: LayerRef = None
+        """The layer whose activations are used: a module of the model or its dotted name
+        (``"layer4"``); None = the last convolutional stage."""
+        relu: bool = True
+        """Clamp the map at 0; False keeps negative evidence."""
 
     def cam(self, acts: Tensor, grads: Tensor) -> Tensor:
         """(B, C, h, w) activations and gradients -> (B, h, w) map."""
@@ -74,7 +77,7 @@ class CAMExplainer(Explainer):
 
     def layer_gradients(self, inputs: Tensor, target: Target) -> tuple[Tensor, Tensor, Tensor]:
         """(activations, gradients, targets) at the layer, with one autograd.grad call."""
-        layer = self.params["layer"]
+        layer = self.settings.layer
         module = self.default_layer(self.model) if layer is None else find_module(self.model, layer)
         with model_guard(self.model), capture_layer(module) as store, torch.enable_grad():
             logits = self.model(inputs)
@@ -93,7 +96,7 @@ class CAMExplainer(Explainer):
         self.check_inputs(inputs)
         acts, grads, t = self.layer_gradients(inputs, target)
         cam = self.cam(self.to_spatial(acts, inputs), self.to_spatial(grads, inputs))
-        if self.params["relu"]:
+        if self.settings.relu:
             cam = cam.clamp_min(0)
         pixel = F.interpolate(cam[:, None], size=inputs.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
         return self._attribution(pixel, layer_map=cam.detach(), target=t)

@@ -10,14 +10,13 @@ of the input/output attributes ..."). A deep copy per call leaves the caller's m
 from __future__ import annotations
 
 import warnings
-from typing import Any
 
 from torch import Tensor, nn
 
 from xaibench import register_explainer
 from xaibench.explainers import Target, model_guard
 
-from ._common import PixelExplainer, make_baseline, relus_swapped
+from ._common import BaselineRule, PixelExplainer, make_baseline, relus_swapped
 
 
 @register_explainer("cnn.deeplift")
@@ -27,17 +26,17 @@ class DeepLift(PixelExplainer):
 
     The default signed ``"sum"`` over channels keeps that: a map sums to ≈ f(x) - f(x').
     ``extras["delta"]`` (B,) is captum's convergence delta (the summation error).
-
-    Settings:
-        baseline: x' — a number (0.0 = black), ``"mean"`` or ``"blur"``.
     """
 
-    defaults: dict[str, Any] = {"reduce": "sum", "baseline": 0.0}
+    class Settings(PixelExplainer.Settings):
+        baseline: BaselineRule = 0.0
+        """The reference x': a number (a constant image; 0.0 = black), ``"mean"`` (each image's
+        per-channel mean) or ``"blur"`` (the image blurred with a Gaussian of 5 px)."""
 
     def channels(self, inputs: Tensor, target: Target) -> tuple[Tensor, Tensor, dict]:
         from captum.attr import DeepLift as CaptumDeepLift
 
-        base = make_baseline(inputs, self.params["baseline"], self.name)
+        base = make_baseline(inputs, self.settings.baseline, self.name)
         t = self.targets(inputs, target)
         fresh = lambda _relu: nn.ReLU(inplace=False)  # noqa: E731
         with model_guard(self.model), relus_swapped(self.model, fresh, on_copy=True, probe=inputs[:1]) as copy:

@@ -11,7 +11,7 @@ weighs the layers equally); the aggregated map is returned raw.
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -20,8 +20,6 @@ from torch import Tensor, nn
 from xaibench import register_explainer
 from xaibench.explainers import Explainer, Target, check_images, model_guard, resolve_target
 from xaibench.types import Attribution
-
-NORMALISE = ("layer", "channel")
 
 
 def bias_layers(model: nn.Module) -> list[nn.Module]:
@@ -51,10 +49,6 @@ class FullGrad(Explainer):
     """FullGrad (Srinivas & Fleuret 2019): |input-gradient ⊙ input| plus every layer's
     |bias-gradient ⊙ bias|, each rescaled to [0, 1], upsampled and summed over channels.
 
-    Settings:
-        normalise: ``"layer"`` (the paper's code: one min-max over all channels of a layer,
-            per sample) or ``"channel"`` (pytorch-grad-cam: one min-max per channel).
-
     Returns:
         a ``pixel`` Attribution (B, H, W), non-negative, raw (not min-max scaled at the end);
         ``extras["target"]`` and ``extras["n_layers"]`` (bias layers used). A layer called
@@ -62,13 +56,15 @@ class FullGrad(Explainer):
     """
 
     kind = "pixel"
-    defaults: dict[str, Any] = {"normalise": "layer"}
+
+    class Settings(Explainer.Settings):
+        normalise: Literal["layer", "channel"] = "layer"
+        """How each term is rescaled to [0, 1]: ``"layer"`` (the paper's code: one min-max over all
+        channels of a layer, per sample) or ``"channel"`` (pytorch-grad-cam: one min-max per channel)."""
 
     def explain(self, inputs: Tensor, target: Target = None) -> Attribution:
         check_images(inputs, self.name)
-        if self.params["normalise"] not in NORMALISE:
-            raise ValueError(f"{self.name}: normalise must be one of {NORMALISE}, got {self.params['normalise']!r}")
-        per_channel = self.params["normalise"] == "channel"
+        per_channel = self.settings.normalise == "channel"
         layers = bias_layers(self.model)
         probes: list[tuple[int, Tensor]] = []  # (layer index, probe) per call, in call order
 

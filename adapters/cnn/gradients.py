@@ -13,18 +13,22 @@ the caller's model.
 from __future__ import annotations
 
 import hashlib
-from typing import Any
+import typing
+from typing import Annotated, Literal
 
 import numpy as np
 import torch
+from pydantic import Field
 from torch import Tensor
 
 from xaibench import register_explainer
 from xaibench.explainers import Target, model_guard
 
-from ._common import ModifiedReLU, PixelExplainer, input_gradient, make_baseline, relus_swapped
+from ._common import BaselineRule, ModifiedReLU, PixelExplainer, Reduction, input_gradient, make_baseline, relus_swapped
 
-IG_METHODS = ("gausslegendre", "riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid")
+#: A quadrature rule of integrated gradients (captum's names).
+Quadrature = Literal["gausslegendre", "riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid"]
+IG_METHODS: tuple[str, ...] = typing.get_args(Quadrature)
 
 
 def _chunked_gradients(model: torch.nn.Module, points: Tensor, t: Tensor, batch_size: int) -> Tensor:
@@ -37,14 +41,11 @@ def _chunked_gradients(model: torch.nn.Module, points: Tensor, t: Tensor, batch_
 
 @register_explainer("cnn.saliency")
 class Saliency(PixelExplainer):
-    """Saliency map (Simonyan et al. 2014): ∂ logit_target / ∂ pixel, reduced over channels.
+    """Saliency map (Simonyan et al. 2014): ∂ logit_target / ∂ pixel, reduced over channels."""
 
-    Settings:
-        reduce: channel reduction (default ``"abs_max"``, the paper's rule; ``"sum"`` keeps the
-            gradient's sign).
-    """
-
-    defaults: dict[str, Any] = {"reduce": "abs_max"}
+    class Settings(PixelExplainer.Settings):
+        reduce: Reduction = "abs_max"
+        """Channel reduction: ``"abs_max"`` is the paper's rule; ``"sum"`` keeps the gradient's sign."""
 
     def channels(self, inputs: Tensor, target: Target) -> tuple[Tensor, Tensor]:
         with model_guard(self.model):
@@ -71,24 +72,29 @@ class SmoothGrad(PixelExplainer):
     The target is fixed on the clean image. Noise is drawn per sample from ``seed`` and the
     image's content (:func:`sample_noise`), never from the global RNG: every call is
     reproducible and a batch gives the same maps as each sample alone.
-
-    Settings:
-        n_samples: noisy copies per image (16). noise_level: σ as a share of the image range
-        (0.15). seed: noise seed. batch_size: noisy images per forward/backward (64).
     """
 
-    defaults: dict[str, Any] = {"reduce": "abs_max", "n_samples": 16, "noise_level": 0.15, "seed": 0, "batch_size": 64}
+    class Settings(PixelExplainer.Settings):
+        reduce: Reduction = "abs_max"
+        """Channel reduction of the averaged gradient (``"abs_max"``, as saliency)."""
+        n_samples: Annotated[int, Field(ge=1)] = 16
+        """Noisy copies per image."""
+        noise_level: Annotated[float, Field(ge=0)] = 0.15
+        """σ of the Gaussian noise as a share of the image's value range (max - min)."""
+        seed: int = 0
+        """Noise seed (combined with each image's content)."""
+        batch_size: Annotated[int, Field(ge=1)] = 64
+        """Noisy images per forward/backward pass (speed only; the map does not depend on it)."""
 
     def channels(self, inputs: Tensor, target: Target) -> tuple[Tensor, Tensor]:
-        n = int(self.params["n_samples"])
-        if n < 1:
-            raise ValueError(f"{self.name}: n_samples must be >= 1, got {n}")
+        s = self.settings
+        n = s.n_samples
         t = self.targets(inputs, target)
-        span = (inputs.flatten(1).amax(1) - inputs.flatten(1).amin(1)) * float(self.params["noise_level"])
-        noisy = torch.cat([inputs[i] + sample_noise(inputs[i], n, self.params["seed"]) * span[i]
+        span = (inputs.flatten(1).amax(1) - inputs.flatten(1).amin(1)) * float(s.noise_level)
+        noisy = torch.cat([inputs[i] + sample_noise(inputs[i], n, s.seed) * span[i]
                            for i in range(len(inputs))])
         with model_guard(self.model):
-            grads = _chunked_gradients(self.model, noisy, t.repeat_interleave(n), int(self.params["batch_size"]))
+            grads = _chunked_gradients(self.model, noisy, t.repeat_interleave(n), s.batch_size)
         return grads.view(len(inputs), n, *inputs.shape[1:]).mean(1), t
 
 
@@ -118,20 +124,23 @@ class IntegratedGradients(PixelExplainer):
     Per-channel attributions sum to ≈ f(x) - f(x') (completeness); the default ``"sum"``
     reduction keeps that and the sign. ``extras["delta"]`` (B,) is the completeness error
     Σ attribution - (f(x) - f(x')).
-
-    Settings:
-        baseline: x' — a number (0.0 = black), ``"mean"`` or ``"blur"``.
-        n_steps: quadrature points (32). quadrature: ``"gausslegendre"`` (captum's default) or a
-        ``"riemann_*"`` rule. batch_size: path points per forward/backward (128).
     """
 
-    defaults: dict[str, Any] = {"reduce": "sum", "baseline": 0.0, "n_steps": 32, "quadrature": "gausslegendre",
-                                "batch_size": 128}
+    class Settings(PixelExplainer.Settings):
+        baseline: BaselineRule = 0.0
+        """The reference x': a number (a constant image; 0.0 = black), ``"mean"`` (each image's
+        per-channel mean) or ``"blur"`` (the image blurred with a Gaussian of 5 px)."""
+        n_steps: Annotated[int, Field(ge=1)] = 32
+        """Quadrature points along the path (the ``riemann_*`` rules need at least 2)."""
+        quadrature: Quadrature = "gausslegendre"
+        """The quadrature rule: ``"gausslegendre"`` (captum's default) or a ``"riemann_*"`` rule."""
+        batch_size: Annotated[int, Field(ge=1)] = 128
+        """Path points per forward/backward pass (speed only)."""
 
     def channels(self, inputs: Tensor, target: Target) -> tuple[Tensor, Tensor, dict]:
-        p = self.params
-        alphas, weights = path_weights(p["quadrature"], int(p["n_steps"]), self.name)
-        base = make_baseline(inputs, p["baseline"], self.name)
+        p = self.settings
+        alphas, weights = path_weights(p.quadrature, p.n_steps, self.name)
+        base = make_baseline(inputs, p.baseline, self.name)
         t = self.targets(inputs, target)
         a = torch.tensor(alphas, dtype=inputs.dtype, device=inputs.device)
         w = torch.tensor(weights, dtype=inputs.dtype, device=inputs.device)
@@ -139,7 +148,7 @@ class IntegratedGradients(PixelExplainer):
         diff = inputs - base
         points = (base[:, None] + a.view(1, n, 1, 1, 1) * diff[:, None]).flatten(0, 1)
         with model_guard(self.model):
-            grads = _chunked_gradients(self.model, points, t.repeat_interleave(n), int(p["batch_size"]))
+            grads = _chunked_gradients(self.model, points, t.repeat_interleave(n), p.batch_size)
             with torch.no_grad():
                 ends = self.model(torch.cat([inputs, base])).gather(1, t.repeat(2)[:, None])[:, 0]
         attr = diff * (grads.view(b, n, *inputs.shape[1:]) * w.view(1, n, 1, 1, 1)).sum(1)
@@ -161,7 +170,6 @@ class GuidedBackprop(_ModifiedBackprop):
     default. ReLUs outside ``nn.ReLU`` modules (functional calls, other activations) keep
     their ordinary gradient, as in captum."""
 
-    defaults: dict[str, Any] = {"reduce": "sum"}
     guided = True
 
 
@@ -170,5 +178,4 @@ class Deconvolution(_ModifiedBackprop):
     """Deconvolution (Zeiler & Fergus 2014): at every ReLU only positive gradients pass,
     regardless of the forward input. Signed ``"sum"`` over channels by default."""
 
-    defaults: dict[str, Any] = {"reduce": "sum"}
     guided = False

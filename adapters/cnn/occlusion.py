@@ -16,23 +16,25 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any
+from typing import Annotated
 
 import torch
+from pydantic import Field, StrictInt
 from torch import Tensor
 
 from xaibench import register_explainer
 from xaibench.explainers import Explainer, Target, check_images, model_guard, resolve_target
 from xaibench.types import Attribution
 
-from ._common import make_baseline
+from ._common import BaselineRule, make_baseline
+
+_Side = Annotated[StrictInt, Field(ge=1)]
+#: A window size or stride: one positive int (square) or (h, w) positive ints.
+Size2 = _Side | tuple[_Side, _Side]
 
 
-def _pair(v: int | tuple[int, int] | list[int], what: str, who: str) -> tuple[int, int]:
-    t = (v, v) if isinstance(v, int) and not isinstance(v, bool) else tuple(v)  # type: ignore[arg-type]
-    if len(t) != 2 or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 1 for i in t):
-        raise ValueError(f"{who}: {what} must be a positive int or (h, w) of positive ints, got {v!r}")
-    return int(t[0]), int(t[1])
+def _pair(v: Size2) -> tuple[int, int]:
+    return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
 
 
 def window_starts(size: int, window: int, stride: int) -> list[int]:
@@ -63,39 +65,39 @@ def window_masks(h: int, w: int, window: tuple[int, int], stride: tuple[int, int
 class Occlusion(Explainer):
     """Occlusion sensitivity: mean drop of the target logit over the windows covering a pixel.
 
-    Settings:
-        window: window side, int or (h, w) (default 10, the thesis' 10×10 black square); it
-            spans all channels.
-        stride: step between windows, int or (h, w) (default 5).
-        baseline: what replaces the window — a number (0.0 = black), ``"mean"`` (the image's
-            per-channel mean) or ``"blur"`` (the image blurred with ``blur_sigma`` px).
-        blur_sigma: Gaussian sigma of the ``"blur"`` baseline in pixels (5.0).
-        batch_size: occluded images per forward pass; None (default) picks about
-            :data:`PIXELS_PER_FORWARD` pixels per pass (15 images of 112², 48 of 64²): CPU
-            forwards were fastest there (larger batches spill the caches: resnet18 at 112²
-            took 1.7 s per image with 16 per pass, 2.2 s with 64 and 3.0 s with 484).
-
     Returns:
         a ``pixel`` Attribution (B, H, W), signed (positive: occluding the region lowers the
         target logit), the same value for every channel of a pixel; ``extras["target"]``.
     """
 
     kind = "pixel"
-    defaults: dict[str, Any] = {"window": 10, "stride": 5, "baseline": 0.0, "blur_sigma": 5.0, "batch_size": None}
+
+    class Settings(Explainer.Settings):
+        window: Size2 = 10
+        """Window side in pixels, an int or (h, w) (10: the thesis' 10×10 square); it spans all channels."""
+        stride: Size2 = 5
+        """Step between windows in pixels, an int or (h, w)."""
+        baseline: BaselineRule = 0.0
+        """What replaces the window: a number (0.0 = black), ``"mean"`` (the image's per-channel
+        mean) or ``"blur"`` (the image blurred with ``blur_sigma`` px)."""
+        blur_sigma: Annotated[float, Field(gt=0)] = 5.0
+        """Gaussian sigma of the ``"blur"`` baseline in pixels."""
+        batch_size: Annotated[int, Field(ge=1)] | None = None
+        """Occluded images per forward pass; None picks about :data:`PIXELS_PER_FORWARD` pixels
+        per pass (15 images of 112², 48 of 64²): CPU forwards were fastest there (larger batches
+        spill the caches: resnet18 at 112² took 1.7 s per image with 16 per pass, 2.2 s with 64
+        and 3.0 s with 484)."""
 
     def explain(self, inputs: Tensor, target: Target = None) -> Attribution:
         check_images(inputs, self.name)
-        p = self.params
-        window = _pair(p["window"], "window", self.name)
-        stride = _pair(p["stride"], "stride", self.name)
+        p = self.settings
+        window, stride = _pair(p.window), _pair(p.stride)
         b, _, h, w = inputs.shape
         if window[0] > h or window[1] > w:
             raise ValueError(f"{self.name}: window {window} larger than the image ({h}, {w}); use a smaller window")
-        bs = auto_batch_size(h, w) if p["batch_size"] is None else int(p["batch_size"])
-        if bs < 1:
-            raise ValueError(f"{self.name}: batch_size must be >= 1, got {bs}")
+        bs = auto_batch_size(h, w) if p.batch_size is None else p.batch_size
         x = inputs.detach()
-        base = make_baseline(x, p["baseline"], self.name, float(p["blur_sigma"]))
+        base = make_baseline(x, p.baseline, self.name, float(p.blur_sigma))
         masks = window_masks(h, w, window, stride).to(x.device)
         n = masks.shape[0]
         drops = torch.empty(b * n, dtype=x.dtype, device=x.device)
