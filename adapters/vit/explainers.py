@@ -13,20 +13,29 @@ over patch rows for average-pooled models (see :func:`~.capture.token_layout`).
 
 from __future__ import annotations
 
-from typing import Any
+import typing
+from typing import Annotated, Any, Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field, StrictInt
 from torch import Tensor, nn
 
 from xaibench import register_explainer
+from xaibench.adapters.cnn._common import LayerRef
 from xaibench.adapters.cnn.cam import GradCAM
 from xaibench.explainers import Explainer, Target, check_images, model_guard, resolve_target
 from xaibench.types import Attribution
 
 from .capture import TokenLayout, attention_capture, attention_modules, token_layout
 
-HEAD_FUSIONS = ("mean", "max", "min")
+#: How attention heads are combined (see :func:`fuse_heads`).
+HeadFusion = Literal["mean", "max", "min"]
+HEAD_FUSIONS: tuple[str, ...] = typing.get_args(HeadFusion)
+#: Which token rows explain the prediction (see :func:`~.capture.token_layout`).
+Readout = Literal["auto", "cls", "patches", "distilled", "with_prefix"] | StrictInt
+#: A first block index (the upper bound depends on the model and is checked when explaining).
+StartLayer = Annotated[StrictInt, Field(ge=0)]
 
 
 def fuse_heads(attn: Tensor, how: str, head: int | None = None) -> Tensor:
@@ -54,23 +63,21 @@ def token_to_pixel(tokens: Tensor, grid: tuple[int, int], size: tuple[int, int])
 
 
 class TokenExplainer(Explainer):
-    """Base of the ViT token explainers: attention capture, layout, token → pixel output.
-
-    Settings:
-        readout: which token rows explain the prediction: ``"auto"`` (from the model's
-            pooling), ``"cls"``, ``"patches"`` or a token index.
-    """
+    """Base of the ViT token explainers: attention capture, layout, token → pixel output."""
 
     kind = "token"
-    defaults: dict[str, Any] = {"readout": "auto"}
     needs_grad = False
 
+    class Settings(Explainer.Settings):
+        readout: Readout = "auto"
+        """Which token rows explain the prediction: ``"auto"`` (from the model's pooling),
+        ``"cls"``, ``"patches"`` (mean over patch tokens), ``"distilled"`` (class and
+        distillation token), ``"with_prefix"`` (mean over all tokens) or a token index."""
+
     def _check_settings(self, n_blocks: int) -> None:
-        p = self.params
-        if "head_fusion" in p and p["head_fusion"] not in HEAD_FUSIONS:
-            raise ValueError(f"{self.name}: head_fusion must be one of {HEAD_FUSIONS}, got {p['head_fusion']!r}")
-        sl = p.get("start_layer", 0)
-        if not isinstance(sl, int) or not 0 <= sl < n_blocks:
+        """The checks that need the model: ``start_layer`` below the number of blocks."""
+        sl = getattr(self.settings, "start_layer", 0)
+        if sl >= n_blocks:
             raise ValueError(f"{self.name}: start_layer must be an int in [0, {n_blocks}), got {sl!r}")
 
     def capture(self, inputs: Tensor, target: Target) -> tuple[list[Tensor], list[Tensor] | None, Tensor, TokenLayout]:
@@ -81,7 +88,7 @@ class TokenExplainer(Explainer):
             target: (B,) explained classes; layout: the token layout.
         """
         check_images(inputs, self.name)
-        layout = token_layout(self.model, inputs, self.params["readout"])
+        layout = token_layout(self.model, inputs, self.settings.readout)
         self._check_settings(len(attention_modules(self.model)))
         with model_guard(self.model), attention_capture(self.model, grad=self.needs_grad) as store:
             ctx = torch.enable_grad() if self.needs_grad else torch.no_grad()
@@ -112,24 +119,26 @@ class AttentionMap(TokenExplainer):
     map for every target). Pitfalls: heads specialise, so mean/max/min fusion gives
     different maps; one layer's attention ignores how tokens were mixed earlier; register
     tokens soak up attention (their columns are dropped, not renormalised).
-
-    Settings:
-        head_fusion: ``"mean"``, ``"max"`` or ``"min"`` over heads.
-        head: one head index instead of fusing (default None).
-        layer: block index (default -1, the last).
     """
 
-    defaults = {**TokenExplainer.defaults, "head_fusion": "mean", "head": None, "layer": -1}
+    class Settings(TokenExplainer.Settings):
+        head_fusion: HeadFusion = "mean"
+        """How the heads are combined: their ``"mean"``, ``"max"`` or ``"min"``."""
+        head: StrictInt | None = None
+        """One head's attention instead of fusing (an index, negative from the end); None fuses."""
+        layer: StrictInt = -1
+        """The block whose attention is read (an index, negative from the end; -1 = the last)."""
 
     def explain(self, inputs: Tensor, target: Target = None) -> Attribution:
         maps, _, t, layout = self.capture(inputs, target)
-        layer, head = self.params["layer"], self.params["head"]
-        if not isinstance(layer, int) or not -len(maps) <= layer < len(maps):
+        s = self.settings
+        layer, head = s.layer, s.head
+        if not -len(maps) <= layer < len(maps):
             raise ValueError(f"{self.name}: layer must be an int in [{-len(maps)}, {len(maps)}), got {layer!r}")
         a = maps[layer]
-        if head is not None and not (isinstance(head, int) and -a.shape[1] <= head < a.shape[1]):
+        if head is not None and not -a.shape[1] <= head < a.shape[1]:
             raise ValueError(f"{self.name}: head must be None or an int in [0, {a.shape[1]}), got {head!r}")
-        return self.finish(readout_rows(fuse_heads(a, self.params["head_fusion"], head), layout), layout, inputs, target=t)
+        return self.finish(readout_rows(fuse_heads(a, s.head_fusion, head), layout), layout, inputs, target=t)
 
 
 @register_explainer("vit.rollout")
@@ -143,21 +152,20 @@ class AttentionRollout(TokenExplainer):
     grows and are dominated by the identity; a popular implementation divides by the row
     sum without keepdim (scaling columns instead of rows) and lets ``discard_ratio`` drop
     the class token's own entry — both avoided here.
-
-    Settings:
-        head_fusion: ``"mean"``, ``"max"`` or ``"min"``.
-        discard_ratio: share of the lowest fused attention entries per layer and sample set
-            to 0 before adding I; the prefix tokens' own (diagonal) entries are never discarded.
-        start_layer: first block included.
     """
 
-    defaults = {**TokenExplainer.defaults, "head_fusion": "mean", "discard_ratio": 0.0, "start_layer": 0}
+    class Settings(TokenExplainer.Settings):
+        head_fusion: HeadFusion = "mean"
+        """How the heads are combined in each layer: their ``"mean"``, ``"max"`` or ``"min"``."""
+        discard_ratio: Annotated[float, Field(ge=0, lt=1)] = 0.0
+        """Share of the lowest fused attention entries per layer and sample set to 0 before
+        adding I; the prefix tokens' own (diagonal) entries are never discarded."""
+        start_layer: StartLayer = 0
+        """First block included in the rollout."""
 
     def _fused(self, a: Tensor, num_prefix: int) -> Tensor:
-        fused = fuse_heads(a, self.params["head_fusion"])
-        ratio = float(self.params["discard_ratio"])
-        if not 0.0 <= ratio < 1.0:
-            raise ValueError(f"{self.name}: discard_ratio must lie in [0, 1), got {ratio}")
+        fused = fuse_heads(a, self.settings.head_fusion)
+        ratio = float(self.settings.discard_ratio)
         b, t, _ = fused.shape
         k = int(t * t * ratio)
         if k == 0:
@@ -173,7 +181,7 @@ class AttentionRollout(TokenExplainer):
         """(B, T, T) rollout matrix J (row-stochastic) from per-block attention maps."""
         eye = torch.eye(maps[0].shape[-1], dtype=maps[0].dtype)
         joint = None
-        for a in maps[self.params["start_layer"]:]:
+        for a in maps[self.settings.start_layer:]:
             m = self._fused(a, layout.num_prefix) + eye
             m = m / m.sum(-1, keepdim=True)
             joint = m if joint is None else m @ joint
@@ -194,19 +202,19 @@ class CheferGeneric(TokenExplainer):
     through the residual stream. Pitfalls: the reference notebook averages over batch *and*
     heads when B > 1 (here each sample is its own); early layers add noise (``start_layer``
     skips them); the map of a class the model barely predicts can be near zero everywhere.
-
-    Settings:
-        start_layer: first block included (default 0).
     """
 
-    defaults = {**TokenExplainer.defaults, "start_layer": 0}
     needs_grad = True
+
+    class Settings(TokenExplainer.Settings):
+        start_layer: StartLayer = 0
+        """First block included in the accumulation (later starts skip the noisy early layers)."""
 
     def relevance(self, maps: list[Tensor], grads: list[Tensor]) -> Tensor:
         """(B, T, T) relevance matrix R from per-block maps and gradients."""
         b, _, t, _ = maps[0].shape
         r = torch.eye(t, dtype=maps[0].dtype).expand(b, t, t).clone()
-        for a, g in list(zip(maps, grads))[self.params["start_layer"]:]:
+        for a, g in list(zip(maps, grads))[self.settings.start_layer:]:
             r = r + (g * a).clamp_min(0).mean(1) @ r
         return r
 
@@ -226,13 +234,14 @@ class ViTGradCAM(GradCAM):
     GradCAM there is blank; ViT channels are not spatially meaningful the way CNN feature
     maps are, so GradCAM is often poor on ViTs (the study's finding); pytorch-grad-cam
     hard-codes a 14×14 grid in its examples.
-
-    Settings:
-        layer: module or dotted name (default ``blocks[-1].norm1``).
-        relu: clamp the map at 0 (default True).
     """
 
     kind = "token"
+
+    class Settings(GradCAM.Settings):
+        layer: LayerRef = None
+        """The layer whose token activations are used: a module of the model or its dotted name
+        (``"blocks.3"``); None = the last block's ``norm1``."""
 
     def default_layer(self, model: nn.Module) -> nn.Module:
         blocks = getattr(model, "blocks", None)

@@ -27,7 +27,7 @@ from xaibench.explainers import Target, check_images, model_guard, resolve_targe
 from xaibench.types import Attribution
 
 from .capture import token_layout
-from .explainers import TokenExplainer, readout_rows
+from .explainers import StartLayer, TokenExplainer, readout_rows
 
 
 def safe_divide(a: Tensor, b: Tensor) -> Tensor:
@@ -101,18 +101,17 @@ class CheferLRP(TokenExplainer):
     biases are ignored by the LRP-αβ rule; the rollout is not renormalised, so values grow
     with depth (compare maps within one model); the reference runs batch size 1 and sums its
     conservation terms over the batch (here per sample).
-
-    Settings:
-        start_layer: first block in the rollout (default 0).
     """
 
-    defaults = {**TokenExplainer.defaults, "start_layer": 0}
+    class Settings(TokenExplainer.Settings):
+        start_layer: StartLayer = 0
+        """First block in the rollout."""
 
     def explain(self, inputs: Tensor, target: Target = None) -> Attribution:
         check_images(inputs, self.name)
         model = self.model
         _check_supported(model, self.name)
-        layout = token_layout(model, inputs, self.params["readout"])
+        layout = token_layout(model, inputs, self.settings.readout)
         self._check_settings(len(model.blocks))
         with model_guard(model), torch.enable_grad():
             rec, logits = self._forward(inputs.detach().requires_grad_(True))
@@ -124,7 +123,7 @@ class CheferLRP(TokenExplainer):
             n = cams[0].shape[-1]
             eye = torch.eye(n, dtype=cams[0].dtype)
             joint = None
-            for ra, g in list(zip(cams, grads))[self.params["start_layer"]:]:
+            for ra, g in list(zip(cams, grads))[self.settings.start_layer:]:
                 m = (g * ra).clamp(min=0).mean(1) + eye
                 joint = m if joint is None else m @ joint
         return self.finish(readout_rows(joint, layout), layout, inputs, target=t)
