@@ -14,8 +14,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from xaibench.runner import (ConfigMismatchError, RunExistsError, Store, expand, parse_config, run_benchmark)
-from xaibench.runner.store import CellResult
+from xaibench.runner import (RunExistsError, Store, expand, parse_config, run_benchmark)
+from xaibench.store import CellResult
 
 CFG = {
     "name": "resume", "seed": 3,
@@ -52,7 +52,7 @@ def test_resume_after_a_crash_gives_the_uninterrupted_table(tmp_path):
     with pytest.raises(Crash):
         run_benchmark(cfg, tmp_path / "part", quiet=True, report=False, on_cell=crash_after_two)
     with Store.open(tmp_path / "part") as st:
-        assert st.done_cells() == set(committed)
+        assert set(st.done_cells()) == set(committed)
         assert st.get_meta()["finished_at"] is None
         n_rows_partial = st.n_rows()
     assert n_rows_partial == 2 * 2 * 4
@@ -73,10 +73,10 @@ def test_an_uncommitted_cell_leaves_nothing(tmp_path, monkeypatch):
     rows.append({"run": "r", "study": "s", "sample_index": object(), "score": 0.5})  # not storable: fails mid-insert
     with pytest.raises(sqlite3.Error):
         store.commit_cell(CellResult(cell.key, 0, "s", "lesions", "rand", "cnn.gradcam", False, rows=rows))
-    assert store.n_rows() == 0 and store.done_cells() == set()
+    assert store.n_rows() == 0 and not store.done_cells()
     store.commit_cell(CellResult(cell.key, 0, "s", "lesions", "rand", "cnn.gradcam", False, rows=rows[:3]))
     store.commit_cell(CellResult(cell.key, 0, "s", "lesions", "rand", "cnn.gradcam", False, rows=rows[:3]))
-    assert store.n_rows() == 3 and store.done_cells() == {cell.key}  # recommitting never duplicates
+    assert store.n_rows() == 3 and set(store.done_cells()) == {cell.key}  # recommitting never duplicates
     store.close()
 
 
@@ -85,16 +85,36 @@ def test_existing_results_are_protected(tmp_path):
     run_benchmark(cfg, tmp_path / "r", quiet=True, report=False)
     with pytest.raises(RunExistsError, match="--resume .* --force"):
         run_benchmark(cfg, tmp_path / "r", quiet=True, report=False)
-    other = json.loads(json.dumps(CFG))
-    other["study"][0]["n_samples"] = 3
-    with pytest.raises(ConfigMismatchError, match="config hash"):
-        run_benchmark(parse_config(other), tmp_path / "r", resume=True, quiet=True, report=False)
     again = run_benchmark(cfg, tmp_path / "r", resume=True, quiet=True, report=False)
     assert again.n_run == 0 and again.n_resumed == again.n_cells
+    other = json.loads(json.dumps(CFG))
+    other["study"][0]["n_samples"] = 3
     forced = run_benchmark(parse_config(other), tmp_path / "r", force=True, quiet=True, report=False)
     assert forced.n_run == forced.n_cells
     with Store.open(tmp_path / "r") as st:
         assert st.n_rows() == forced.n_cells * 2 * 3
+
+
+def test_resume_is_keyed_per_cell(tmp_path):
+    """Resuming after a setting changed reruns exactly the cells whose own spec changed; the
+    others keep their rows (a typo fixed in one place never invalidates the whole run)."""
+    cfg = parse_config(CFG)
+    run_benchmark(cfg, tmp_path / "r", quiet=True, report=False)
+    changed = json.loads(json.dumps(CFG))
+    changed["study"][0]["explainers"][1]["params"]["relu"] = False  # hires3 only (not the first explainer)
+    ran: list[str] = []
+    res = run_benchmark(parse_config(changed), tmp_path / "r", resume=True, quiet=True, report=False,
+                        on_cell=lambda r: ran.append(r.key))
+    assert ran == ["s/lesions/rand/hires3"] and res.n_resumed == res.n_cells - 1
+    fresh = run_benchmark(parse_config(changed), tmp_path / "fresh", quiet=True, report=False)
+    pd.testing.assert_frame_equal(results(tmp_path / "r").drop(columns="config_hash"),
+                                  results(fresh.run_dir).drop(columns="config_hash"))
+    more = json.loads(json.dumps(changed))
+    more["study"][0]["n_samples"] = 3  # every cell of the study measures something else now
+    res = run_benchmark(parse_config(more), tmp_path / "r", resume=True, quiet=True, report=False)
+    assert res.n_run == res.n_cells
+    with Store.open(tmp_path / "r") as st:
+        assert st.n_rows() == res.n_cells * 2 * 3
 
 
 # ----------------------------------------------------------------------------- real kill

@@ -22,7 +22,7 @@ BaselineFn = Callable[[Attribution, Batch, int], "Attribution | None"]
 
 #: Baselines ``fn(like, batch, seed, *, settings...) -> Attribution | None``; their settings are
 #: the typed keyword-only parameters.
-BASELINES: Registry[BaselineFn] = Registry("baseline", key_pattern=r"[a-z][a-z0-9_]*", key_form="lower_snake")
+BASELINES: Registry[BaselineFn] = Registry("baseline", key_pattern=r"_?[a-z][a-z0-9_]*", key_form="lower_snake")
 
 #: ``@register_baseline("random")``: decorator registering a baseline function.
 register_baseline = BASELINES.register

@@ -1,6 +1,7 @@
 """The ``xaibench`` command line (typer).
 
-    xaibench list [explainers|metrics|datasets|models|zoo|baselines|benchmarks] [PATTERN]
+    xaibench list [explainers|metrics|datasets|models|zoo|baselines|benchmarks] [PATTERN] [--details]
+    xaibench schema [--out FILE]
     xaibench run [CONFIG|NAME] [--out DIR] [--resume] [--force] [--n-samples N] [--quiet]
     xaibench report RUN
     xaibench baseline RUN [--out FILE] [--tolerance METRIC=TOL ...]
@@ -23,6 +24,9 @@ from typing import Any, Iterator, List, Optional
 
 import typer
 
+from xaibench.errors import XaibenchError
+from xaibench.util import did_you_mean
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="xaibench: benchmark explanation (XAI) methods on medical models.")
 zoo_app = typer.Typer(add_completion=False, no_args_is_help=True, help="The model zoo: list and train reference models.")
@@ -37,20 +41,23 @@ def _err(msg: str) -> None:
 
 @contextlib.contextmanager
 def _handled() -> Iterator[None]:
-    """Turn any exception into one clear line on stderr and exit code 2."""
+    """Report errors on stderr and exit 2: xaibench's own errors (and bad input: ValueError,
+    FileNotFoundError) by their message, anything else with its type, as a possible bug."""
     try:
         yield
     except (typer.Exit, typer.Abort, SystemExit):
         raise
-    except Exception as exc:  # reported, not swallowed: one line, exit 2
+    except (XaibenchError, ValueError, FileNotFoundError) as exc:  # the message says what and how to fix
         if os.environ.get("XAIBENCH_DEBUG"):
             raise
-        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
-        name = type(exc).__name__
-        generic = name in ("ConfigError", "ValueError", "KeyError", "FileNotFoundError", "RunExistsError",
-                           "ConfigMismatchError", "CellError", "TypeError")
-        text = str(msg) if generic else f"{name}: {msg}"
-        _err(" ".join(text.split()) or name)
+        for line in (str(exc) or type(exc).__name__).splitlines():
+            _err(line.strip())
+        raise typer.Exit(2) from None
+    except Exception as exc:  # unexpected: named with its type, never swallowed
+        if os.environ.get("XAIBENCH_DEBUG"):
+            raise
+        _err(f"{type(exc).__name__}: {' '.join(str(exc).split())} (unexpected; rerun with XAIBENCH_DEBUG=1 for "
+             "the traceback)")
         raise typer.Exit(2) from None
 
 
@@ -65,6 +72,35 @@ def _table(rows: list[tuple[Any, ...]], head: tuple[str, ...] | None = None) -> 
 
 
 # ----------------------------------------------------------------------------- list
+
+def _registry(what: str) -> Any:
+    from xaibench.baselines import BASELINES
+    from xaibench.data import DATASETS
+    from xaibench.explainers import EXPLAINERS
+    from xaibench.metric import METRICS
+    return {"explainers": EXPLAINERS, "metrics": METRICS, "datasets": DATASETS, "baselines": BASELINES}.get(what)
+
+
+def _details(what: str, pattern: Optional[str]) -> None:
+    """Each plugin's summary and every setting: type, default and doc, from its settings model."""
+    import inspect
+
+    from xaibench.settings import describe
+    reg = _registry(what)
+    if reg is None:
+        raise ValueError(f"--details lists settings of explainers, metrics, datasets or baselines, not {what!r}")
+    for name in reg.names(pattern):
+        doc = (inspect.getdoc(reg.get(name)) or "").split("\n")[0]
+        typer.echo(f"{name}: {doc}")
+        model = reg.settings(name)
+        docs = describe(model) if model is not None else []
+        if not docs:
+            typer.echo("    (no settings)")
+        for d in docs:
+            typer.echo(f"    {d.name}: {d.type} = {d.default!r}")
+            if d.doc:
+                typer.echo(f"        {d.doc}")
+
 
 def _list_rows(what: str, pattern: Optional[str]) -> tuple[tuple[str, ...], list[tuple[Any, ...]]]:
     import xaibench
@@ -103,14 +139,18 @@ def _bench_description(name: str) -> str:
 def list_cmd(
     what: Optional[str] = typer.Argument(None, help=f"one of {', '.join(LIST_WHAT)} (default: all)"),
     pattern: Optional[str] = typer.Argument(None, help="glob filter, e.g. 'cnn.*'"),
+    details: bool = typer.Option(False, "--details", help="each setting's type, default and doc"),
 ) -> None:
     """List registered explainers, metrics, datasets, models, zoo entries, baselines or benchmarks."""
     with _handled():
         if what is not None and what not in LIST_WHAT:
-            import difflib
-            close = difflib.get_close_matches(what, LIST_WHAT, n=1)
             raise ValueError(f"cannot list {what!r}; choose one of {', '.join(LIST_WHAT)}"
-                             + (f" (did you mean {close[0]!r}?)" if close else ""))
+                             + did_you_mean(what, LIST_WHAT, n=1))
+        if details:
+            if what is None:
+                raise ValueError("--details needs what to list: explainers, metrics, datasets or baselines")
+            _details(what, pattern)
+            return
         for i, w in enumerate([what] if what else LIST_WHAT):
             head, rows = _list_rows(w, pattern)
             if not what:
@@ -143,6 +183,12 @@ def run_cmd(
                    f"{res.seconds:.1f} s; results in {res.run_dir / 'results.db'}")
         if report:
             typer.echo(f"report: {res.report['report.html']}")
+    if res.failed:
+        for key, why in res.failed.items():
+            _err(f"cell {key} failed: {' '.join(why.split())}")
+        _err(f"{res.n_failed} of {res.n_cells} cells failed (recorded in the report); fix the cause and rerun with "
+             "--resume: only failed and missing cells run again")
+        raise typer.Exit(1)
 
 
 @app.command("report")
@@ -151,8 +197,27 @@ def report_cmd(run: Path = typer.Argument(..., help="run folder written by `xaib
     from xaibench.report import build_report
 
     with _handled():
-        paths = build_report(run)
+        paths = build_report(run, quiet=False, lock=True)
         typer.echo(f"report: {paths['report.html']}")
+
+
+@app.command("schema")
+def schema_cmd(out: Optional[Path] = typer.Option(None, "--out", "-o", help="write to this file (default: stdout)")) -> None:
+    """Print the JSON Schema of benchmark TOML files, with every registered plugin's settings.
+
+    Editors complete and check a benchmark with it: put ``#:schema ./benchmark.schema.json``
+    on the first line of the TOML (taplo / Even Better TOML).
+    """
+    from xaibench.runner import benchmark_schema
+
+    with _handled():
+        text = json.dumps(benchmark_schema(), indent=1, sort_keys=True) + "\n"
+        if out is None:
+            typer.echo(text, nl=False)
+        else:
+            from xaibench.util import atomic_write_text
+            atomic_write_text(out, text)
+            typer.echo(f"schema: {out}")
 
 
 # ----------------------------------------------------------------------------- regression
@@ -194,12 +259,14 @@ def regress_cmd(
     run: Path = typer.Argument(..., help="run folder"),
     baseline: Path = typer.Option(..., "--baseline", "-b", help="baseline JSON written by `xaibench baseline`"),
     allow_missing: bool = typer.Option(False, "--allow-missing", help="entries missing from the run do not fail"),
+    allow_mismatch: bool = typer.Option(False, "--allow-mismatch",
+                                        help="entries measured with another protocol or n do not fail (never compared)"),
 ) -> None:
-    """Compare a run with a baseline; exit 1 when a score dropped beyond its tolerance."""
+    """Compare a run with a baseline; exit 1 when a score dropped beyond its tolerance, or nothing was compared."""
     from xaibench.regress import regress_run
 
     with _handled():
-        rep = regress_run(run, baseline, allow_missing=allow_missing)
+        rep = regress_run(run, baseline, allow_missing=allow_missing, allow_mismatch=allow_mismatch)
     typer.echo(rep.format())
     raise typer.Exit(0 if rep.passed else 1)
 

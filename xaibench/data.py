@@ -19,7 +19,7 @@ def _dataset_info(name: str, cls: type) -> None:
 
 
 #: Dataset registry: lower_snake keys, values :class:`SampleDataset` subclasses.
-DATASETS: Registry[type["SampleDataset"]] = Registry("dataset", key_pattern=r"[a-z][a-z0-9_]*", key_form="lower_snake",
+DATASETS: Registry[type["SampleDataset"]] = Registry("dataset", key_pattern=r"_?[a-z][a-z0-9_]*", key_form="lower_snake",
                                                      make_info=_dataset_info, functions=False)
 #: Model builders ``fn(**params) -> nn.Module``, keys ``family.name``; their settings are the
 #: builder's typed keyword-only parameters.

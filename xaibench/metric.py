@@ -53,7 +53,7 @@ def _metric_info(
 
 #: The metric registry: lower_snake keys, values metric functions (settings from their typed
 #: keyword-only parameters; ``model`` is passed by the runner, not a setting).
-METRICS: Registry[MetricFn] = Registry("metric", key_pattern=r"[a-z][a-z0-9_]*", key_form="lower_snake",
+METRICS: Registry[MetricFn] = Registry("metric", key_pattern=r"_?[a-z][a-z0-9_]*", key_form="lower_snake",
                                        check_meta=_check_metric_meta, make_info=_metric_info,
                                        settings_skip=("model",))
 

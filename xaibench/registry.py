@@ -239,4 +239,4 @@ class Registry(Generic[T]):
 
 #: Registries of the core. Explainers, metrics and datasets get their base class and metadata
 #: builder from the modules that define them (xaibench.explainers, .metric, .data).
-FAMILY_KEY = r"[a-z][a-z0-9_]*\.[a-z0-9_]+"
+FAMILY_KEY = r"_?[a-z][a-z0-9_]*\.[a-z0-9_]+"

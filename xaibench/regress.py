@@ -26,6 +26,11 @@ from typing import Any
 
 import pandas as pd
 
+from .errors import BaselineError
+from .store import load_run
+from .types import Direction
+from .util import atomic_write_text
+
 FORMAT_VERSION = 1
 DEFAULT_TOLERANCE = 0.05
 KEY = ("study", "dataset", "model", "explainer", "metric")
@@ -61,10 +66,17 @@ def make_baseline(summary: pd.DataFrame, *, config_hash: str = "", default_toler
             "mean": _num(r["mean"]), "ci_low": _num(r["ci_low"]), "ci_high": _num(r["ci_high"]), "n": int(r["n"]),
             "tolerance": float(tol), "protocol": _protocol(r["protocol"]),
         })
-    from . import __version__
-    return {"version": FORMAT_VERSION, "xaibench_version": __version__, "config_hash": config_hash,
+    return {"version": FORMAT_VERSION, "xaibench_version": _version(), "config_hash": config_hash,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "default_tolerance": float(default_tolerance), "tolerances": tolerances, "entries": entries}
+
+
+def _version() -> str:
+    import importlib.metadata as md
+    try:
+        return md.version("xaibench")
+    except md.PackageNotFoundError:
+        return "unknown"
 
 
 def _num(x: Any) -> float | None:
@@ -74,16 +86,13 @@ def _num(x: Any) -> float | None:
 def write_baseline(run_dir: str | Path, out: str | Path | None = None, *, default_tolerance: float = DEFAULT_TOLERANCE,
                    tolerances: dict[str, float] | None = None) -> Path:
     """Write the baseline of a run folder (default ``<run>/baseline.json``); returns its path."""
-    from .report import load_run
-
     data = load_run(run_dir)
     if data.summary.empty:
-        raise ValueError(f"{run_dir}: the run has no results to make a baseline of")
+        raise BaselineError(f"{run_dir}: the run has no results to make a baseline of")
     base = make_baseline(data.summary, config_hash=str(data.meta.get("config_hash", "")),
                          default_tolerance=default_tolerance, tolerances=tolerances)
     path = Path(out) if out is not None else Path(run_dir) / "baseline.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(base, indent=2) + "\n")
+    atomic_write_text(path, json.dumps(base, indent=2) + "\n")
     return path
 
 
@@ -91,7 +100,7 @@ def load_baseline(path: str | Path) -> dict[str, Any]:
     """Read and check a baseline file.
 
     Raises:
-        FileNotFoundError: no file; ValueError: not a baseline (the message says what is wrong).
+        FileNotFoundError: no file; BaselineError: not a baseline (the message says what is wrong).
     """
     p = Path(path)
     if not p.is_file():
@@ -99,16 +108,16 @@ def load_baseline(path: str | Path) -> dict[str, Any]:
     try:
         base = json.loads(p.read_text())
     except ValueError as exc:
-        raise ValueError(f"{p}: not valid JSON ({exc})") from None
+        raise BaselineError(f"{p}: not valid JSON ({exc})") from None
     if not isinstance(base, dict) or not isinstance(base.get("entries"), list):
-        raise ValueError(f"{p}: not an xaibench baseline (expected a JSON object with 'entries')")
+        raise BaselineError(f"{p}: not an xaibench baseline (expected a JSON object with 'entries')")
     if base.get("version", FORMAT_VERSION) > FORMAT_VERSION:
-        raise ValueError(f"{p}: baseline format {base['version']} is newer than this xaibench reads ({FORMAT_VERSION})")
+        raise BaselineError(f"{p}: baseline format {base['version']} is newer than this xaibench reads ({FORMAT_VERSION})")
     need = set(KEY) | {"direction", "mean"}
     for i, e in enumerate(base["entries"]):
         missing = sorted(need - set(e))
         if missing:
-            raise ValueError(f"{p}: entries[{i}] lacks {missing}")
+            raise BaselineError(f"{p}: entries[{i}] lacks {missing}")
     return base
 
 
@@ -129,8 +138,7 @@ class Comparison:
         """Signed change, positive = better."""
         if self.run is None or self.baseline is None:
             return None
-        d = self.run - self.baseline
-        return d if self.direction == "higher" else -d
+        return Direction.parse(self.direction).sign * (self.run - self.baseline)
 
 
 @dataclass
@@ -139,21 +147,29 @@ class RegressionReport:
 
     comparisons: list[Comparison] = field(default_factory=list)
     allow_missing: bool = False
+    allow_mismatch: bool = False
     notes: list[str] = field(default_factory=list)
 
     def of(self, status: str) -> list[Comparison]:
         return [c for c in self.comparisons if c.status == status]
 
     @property
+    def n_compared(self) -> int:
+        """Entries whose scores were actually compared (ok or dropped)."""
+        return len(self.of("ok")) + len(self.of("drop"))
+
+    @property
     def passed(self) -> bool:
-        if self.of("drop") or self.of("protocol_mismatch"):
+        if self.n_compared == 0 or self.of("drop"):
+            return False
+        if not self.allow_mismatch and (self.of("protocol_mismatch") or self.of("n_mismatch")):
             return False
         return self.allow_missing or not self.of("missing")
 
     def format(self) -> str:
         """A plain-text summary: the failing comparisons as a table, then one verdict line."""
         lines = list(self.notes)
-        bad = [c for c in self.comparisons if c.status in ("drop", "protocol_mismatch", "missing")]
+        bad = [c for c in self.comparisons if c.status in ("drop", "protocol_mismatch", "n_mismatch", "missing")]
         if bad:
             head = ("status", "study", "dataset", "model", "explainer", "metric", "baseline", "run", "change", "tol")
             rows = [(c.status, *c.key, _f(c.baseline), _f(c.run), _f(c.change, sign=True), _f(c.tolerance)) for c in bad]
@@ -163,9 +179,15 @@ class RegressionReport:
             lines += [f"  {c.status} {'/'.join(c.key)}: {c.note}" for c in bad if c.note]
         n_ok, n_new = len(self.of("ok")), len(self.of("new"))
         counts = (f"{n_ok} ok, {len(self.of('drop'))} drops, {len(self.of('protocol_mismatch'))} protocol "
-                  f"mismatches, {len(self.of('missing'))} missing" + (" (allowed)" if self.allow_missing else "")
+                  f"mismatches, {len(self.of('n_mismatch'))} sample-count mismatches"
+                  + (" (allowed)" if self.allow_mismatch else "")
+                  + f", {len(self.of('missing'))} missing" + (" (allowed)" if self.allow_missing else "")
                   + f", {n_new} new (not in baseline)")
-        lines.append(("no regression: " if self.passed else "REGRESSION: ") + counts)
+        if self.n_compared == 0:
+            lines.append("REGRESSION: nothing was compared (no baseline entry matches a result of this run): "
+                         + counts + "; is this the right baseline for this run?")
+        else:
+            lines.append(("no regression: " if self.passed else "REGRESSION: ") + counts)
         return "\n".join(lines)
 
 
@@ -176,16 +198,18 @@ def _f(x: float | None, sign: bool = False) -> str:
 
 
 def compare(summary: pd.DataFrame, baseline: dict[str, Any], *, allow_missing: bool = False,
-            config_hash: str | None = None) -> RegressionReport:
+            allow_mismatch: bool = False, config_hash: str | None = None) -> RegressionReport:
     """Compare a run summary with a baseline, direction-aware per metric.
 
     Args:
         summary: the run's summary table (:func:`xaibench.stats.summarise`).
         baseline: a baseline dict (:func:`load_baseline`).
         allow_missing: entries absent from the run do not fail.
+        allow_mismatch: entries measured with another protocol or on another number of samples
+            are reported but do not fail (they are never compared).
         config_hash: the run's config hash (a different one is noted, not failed).
     """
-    rep = RegressionReport(allow_missing=allow_missing)
+    rep = RegressionReport(allow_missing=allow_missing, allow_mismatch=allow_mismatch)
     if config_hash and baseline.get("config_hash") and config_hash != baseline["config_hash"]:
         rep.notes.append(f"note: the run's config hash {config_hash} differs from the baseline's "
                          f"{baseline['config_hash']}; comparing the entries both have")
@@ -209,6 +233,9 @@ def compare(summary: pd.DataFrame, baseline: dict[str, Any], *, allow_missing: b
             c.status, c.note = "protocol_mismatch", f"baseline measured with {bp}, run with {rp}; not comparable"
         elif e["direction"] != r["direction"]:
             c.status, c.note = "protocol_mismatch", f"direction {e['direction']} in baseline, {r['direction']} in run"
+        elif e.get("n") is not None and int(e["n"]) != int(r["n"]):
+            c.status, c.note = "n_mismatch", (f"baseline scored n={int(e['n'])} samples, the run n={int(r['n'])}; "
+                                              "not comparable (same config and --n-samples?)")
         elif base_mean is not None and run_mean is None:
             c.status, c.note = "drop", "undefined in the run (all samples NaN)"
         elif c.change is not None and c.change < -tol - 1e-12:
@@ -220,10 +247,10 @@ def compare(summary: pd.DataFrame, baseline: dict[str, Any], *, allow_missing: b
     return rep
 
 
-def regress_run(run_dir: str | Path, baseline: str | Path | dict[str, Any], *, allow_missing: bool = False) -> RegressionReport:
+def regress_run(run_dir: str | Path, baseline: str | Path | dict[str, Any], *, allow_missing: bool = False,
+                allow_mismatch: bool = False) -> RegressionReport:
     """Compare a run folder against a baseline file (or dict)."""
-    from .report import load_run
-
     base = baseline if isinstance(baseline, dict) else load_baseline(baseline)
     data = load_run(run_dir)
-    return compare(data.summary, base, allow_missing=allow_missing, config_hash=data.meta.get("config_hash"))
+    return compare(data.summary, base, allow_missing=allow_missing, allow_mismatch=allow_mismatch,
+                   config_hash=data.meta.get("config_hash"))

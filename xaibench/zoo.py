@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from .data import create_model
+from .errors import DataError
 from .registry import Registry
 
 TrainFn = Callable[["ZooEntry", nn.Module, int], dict[str, Any]]
@@ -66,7 +67,7 @@ class ZooEntry:
 
 
 #: The zoo: lower_snake keys, values :class:`ZooEntry` (its own metadata).
-ZOO: Registry[ZooEntry] = Registry("zoo_model", key_pattern=r"[a-z][a-z0-9_]*", key_form="lower_snake", settings=False)
+ZOO: Registry[ZooEntry] = Registry("zoo_model", key_pattern=r"_?[a-z][a-z0-9_]*", key_form="lower_snake", settings=False)
 
 
 def register_zoo(entry: ZooEntry) -> ZooEntry:
@@ -88,20 +89,36 @@ def build(name: str) -> nn.Module:
     return create_model(entry.model, **entry.model_params)
 
 
+def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    """A safetensors state dict (a format that cannot carry code).
+
+    Raises:
+        DataError: the file is missing, truncated or not safetensors (the message names it).
+    """
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such weights file") from None
+    except Exception as exc:  # safetensors raises its own error types for bad headers
+        raise DataError(f"{path}: not a readable safetensors weights file ({type(exc).__name__}: {exc}); "
+                        "re-save it with safetensors.torch.save_file or retrain it") from None
+
+
 def load(name: str, weights: str | Path | None = None) -> nn.Module:
     """The zoo model with its committed (or the given) weights, in eval mode.
 
     Raises:
         FileNotFoundError: no weights yet; the message says how to train them.
+        DataError: the weights file is unreadable.
     """
-    from safetensors.torch import load_file
-
     entry = get_entry(name)
     path = Path(weights) if weights else entry.weights_path
     if not path.exists():
         raise FileNotFoundError(f"zoo model {name!r} has no weights at {path}; train them with `xaibench zoo train {name}`")
     model = build(name)
-    state = load_file(str(path))
+    state = read_weights(path)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise RuntimeError(f"zoo model {name!r}: weights at {path} do not fit the model "

@@ -26,7 +26,7 @@ MAX_METHODS = 14
 
 
 def _face_studies(run_dir: Path) -> list[dict[str, Any]]:
-    from xaibench.report import load_run
+    from xaibench.store import load_run
 
     cfg = load_run(run_dir).meta.get("config") or {}
     out = []

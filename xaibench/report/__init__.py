@@ -8,77 +8,94 @@ Families add figures with :func:`xaibench.report.figures.register_figure`.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from ..stats import paired_vs_best_baseline, summarise
+from ..errors import StoreError
+from ..stats import paired_vs_best_baseline
+from ..store import RunData, RunLock, Store, load_run
+from ..util import atomic_write_bytes, atomic_write_text
+from .figures import run_figures
+from .html import render_html
+from .markdown import render_markdown
 
 
 @dataclass
-class RunData:
-    """Everything a report is made of, read from a run folder's database."""
+class Report:
+    """What the renderers draw: the run's data, paired comparisons, figures and figure errors."""
 
-    run_dir: Path
-    meta: dict[str, Any]
-    results: pd.DataFrame
-    summary: pd.DataFrame
-    skipped: pd.DataFrame
-    cells: pd.DataFrame
+    data: RunData
+    paired: pd.DataFrame
+    figures: list[tuple[str, str, Path]] = field(default_factory=list)
+    errors: list[tuple[str, str]] = field(default_factory=list)
 
 
-def load_run(run_dir: str | Path) -> RunData:
-    """Read a run folder: metadata, the long results table, its summary, skips and cells.
-
-    Raises:
-        FileNotFoundError: the folder has no results database.
-    """
-    from ..runner.store import Store
-
-    run_dir = Path(run_dir)
-    with Store.open(run_dir) as store:
-        meta = store.get_meta()
-        results = store.results()
-        skipped = store.skipped()
-        cells = store.cells()
-    summary = summarise(results, seed=int(meta.get("seed", 0) or 0))
-    return RunData(run_dir, meta, results, summary, skipped, cells)
+def _steps(quiet: bool, total: int) -> Any:
+    from ..progress import progress_bar
+    return progress_bar(total, "report") if not quiet else contextlib.nullcontext(lambda n=1: None)
 
 
-def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+def _write_table(df: pd.DataFrame, path: Path, fmt: str) -> None:
+    """Write a table atomically; never replace a non-empty file with an empty table."""
+    if df.empty and path.is_file() and path.stat().st_size > 0 and fmt == "csv" and len(path.read_text().splitlines()) > 1:
+        raise StoreError(f"refusing to replace the non-empty {path} with an empty table; the database holds no rows "
+                         "(was it replaced?)")
+    buf = io.BytesIO()
+    if fmt == "csv":
+        df.to_csv(buf, index=False)
+    else:
+        df.to_parquet(buf, index=False)
+    atomic_write_bytes(path, buf.getvalue())
 
 
-def build_report(run_dir: str | Path) -> dict[str, Path]:
-    """(Re)build every report file of a run folder from its database.
+def build_report(run: str | Path | RunData, *, quiet: bool = True, lock: bool = False) -> dict[str, Path]:
+    """(Re)build every report file of a run folder from its database, each written atomically.
+
+    Args:
+        run: the run folder, or its already loaded :class:`RunData`.
+        quiet: no progress display.
+        lock: take the run folder's lock (the CLI's ``report`` does; the runner already holds it).
 
     Returns:
         name -> path for ``results.csv``, ``results.parquet``, ``summary.csv``, ``skipped.csv``,
         ``report.md``, ``report.html``.
-    """
-    from .figures import run_figures
-    from .html import render_html
-    from .markdown import render_markdown
 
-    data = load_run(run_dir)
-    d = data.run_dir
-    paths = {name: d / name for name in ("results.csv", "results.parquet", "summary.csv", "skipped.csv",
-                                         "report.md", "report.html")}
-    data.results.to_csv(paths["results.csv"], index=False)
-    data.results.to_parquet(paths["results.parquet"], index=False)
-    data.summary.to_csv(paths["summary.csv"], index=False)
-    data.skipped.to_csv(paths["skipped.csv"], index=False)
-    paired = paired_vs_best_baseline(data.results, data.summary, seed=int(data.meta.get("seed", 0) or 0))
-    figures, errors = run_figures(d, data.results, data.summary)
-    args = (d, data.meta, data.summary, data.skipped, paired, figures, errors, data.cells)
-    _write(paths["report.md"], render_markdown(*args))
-    _write(paths["report.html"], render_html(*args))
+    Raises:
+        StoreError: no valid results database (nothing is written then).
+        RunLockedError: with ``lock``, another process is writing the run.
+    """
+    run_dir = run.run_dir if isinstance(run, RunData) else Path(run)
+    with (RunLock(run_dir) if lock else contextlib.nullcontext()):
+        data = run if isinstance(run, RunData) else load_run(run_dir)
+        d = data.run_dir
+        paths = {name: d / name for name in ("results.csv", "results.parquet", "summary.csv", "skipped.csv",
+                                             "report.md", "report.html")}
+        with _steps(quiet, 5) as step:
+            _write_table(data.results, paths["results.csv"], "csv")
+            _write_table(data.results, paths["results.parquet"], "parquet")
+            _write_table(data.summary, paths["summary.csv"], "csv")
+            _write_table(data.skipped, paths["skipped.csv"], "csv")
+            step(1)
+            paired = paired_vs_best_baseline(data.results, data.summary, seed=data.seed)
+            step(1)
+            figures, errors = run_figures(d, data.results, data.summary)
+            step(1)
+            report = Report(data, paired, figures, errors)
+            atomic_write_text(paths["report.md"], render_markdown(report))
+            step(1)
+            atomic_write_text(paths["report.html"], render_html(report))
+            step(1)
+        written = [p.relative_to(d).as_posix() for p in paths.values()]
+        written += [Path(os.path.relpath(p, d)).as_posix() for _, _, p in figures if Path(p).is_file()]
+        with Store.open(d) as store:
+            store.record_files(written)
     return paths
 
 
-__all__ = ["RunData", "build_report", "load_run"]
+__all__ = ["Report", "RunData", "build_report", "load_run"]

@@ -20,7 +20,7 @@ A function that raises does not stop the report: the error appears in report.htm
 warning box and is raised as a ``warnings.warn``.
 
 Example maps: the runner saves the first few samples of every cell to
-``run_dir/examples/<cell>.pt``, a dict with ``study, dataset, model, explainer,
+``run_dir/examples/<cell>.safetensors`` + ``.json`` (data only, never pickles), a dict with ``study, dataset, model, explainer,
 explainer_key, is_baseline, kind, values`` (first-k attribution values), ``extras``
 (small per-sample tensors such as ``pixel``, and ``grid``), ``inputs``, ``masks``,
 ``targets`` (or None) and ``ids``. :func:`load_examples` reads them all.
@@ -38,36 +38,23 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..registry import Registry
+from ..registry import Registry, load_plugins
+from ..store import load_examples
 
 FigureFn = Callable[[Path, pd.DataFrame, pd.DataFrame], "list[tuple[str, Path]]"]
-FIGURES: Registry[Any] = Registry("figure")
+#: Report figure functions ``fn(run_dir, results, summary) -> [(title, png_path), ...]``.
+FIGURES: Registry[FigureFn] = Registry("figure", settings=False)
 #: Built-in figures come first in the report, in this order; the others follow by name.
 BUILTIN_ORDER = ("ci_plot", "overlays")
 
 
-def register_figure(name: str) -> Callable[[FigureFn], FigureFn]:
-    """Decorator registering ``fn(run_dir, results, summary) -> [(title, png_path), ...]``.
-
-    Raises:
-        ValueError: ``name`` is already registered.
-    """
-    def deco(fn: FigureFn) -> FigureFn:
-        return FIGURES.add(name, fn)
-    return deco
+#: ``@register_figure(name)``: decorator registering a report figure function (a taken name raises).
+register_figure = FIGURES.register
 
 
 def list_figures() -> list[str]:
     names = FIGURES.names()
     return [n for n in BUILTIN_ORDER if n in names] + [n for n in names if n not in BUILTIN_ORDER]
-
-
-def load_examples(run_dir: str | Path) -> list[dict[str, Any]]:
-    """Every saved example dict of a run, in file-name order (see the module docstring)."""
-    folder = Path(run_dir) / "examples"
-    if not folder.is_dir():
-        return []
-    return [torch.load(p, map_location="cpu", weights_only=False) for p in sorted(folder.glob("*.pt"))]
 
 
 def figure_path(run_dir: str | Path, name: str) -> Path:
@@ -98,7 +85,6 @@ def run_figures(run_dir: Path, results: pd.DataFrame, summary: pd.DataFrame
         ``figures`` as (function name, title, png path) and ``errors`` as (function name,
         message) for the functions that raised (each also warned about).
     """
-    from ..registry import load_plugins
     load_plugins()
     figs, errors = [], []
     for name in list_figures():

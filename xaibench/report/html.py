@@ -9,6 +9,8 @@ from typing import Any
 
 import pandas as pd
 
+from typing import TYPE_CHECKING
+
 from .tables import (ComparisonTable, comparison_tables, counts_table, fmt, protocol_text, protocols,
                      seconds_table)
 
@@ -43,6 +45,9 @@ LEGEND = ("<b>bold / green</b> = best in the row for that metric (its better dir
 
 
 KEY_COLUMNS = {"study", "dataset", "model", "explainer", "metric", "baseline"}
+
+if TYPE_CHECKING:
+    from . import Report
 
 
 def e(x: Any) -> str:
@@ -86,10 +91,11 @@ def img_tag(path: Path, alt: str) -> str:
     return f"<img alt='{e(alt)}' src='data:image/png;base64,{data}'>"
 
 
-def render_html(run_dir: Path, meta: dict[str, Any], summary: pd.DataFrame, skipped: pd.DataFrame,
-                paired: pd.DataFrame, figures: list[tuple[str, str, Path]], errors: list[tuple[str, str]],
-                cells: pd.DataFrame) -> str:
+def render_html(report: "Report") -> str:
     """The whole self-contained HTML report as a string."""
+    d = report.data
+    run_dir, meta, summary, skipped, cells = d.run_dir, d.meta, d.summary, d.skipped, d.cells
+    paired, figures, errors = report.paired, report.figures, report.errors
     name = meta.get("name", run_dir.name)
     parts = [f"<h1>xaibench report: {e(name)}</h1>"]
     if meta.get("description"):

@@ -5,15 +5,16 @@
 """
 
 from .config import BenchmarkConfig, Cell, Study, expand, list_benchmarks, load_config, parse_config
-from .specs import ConfigError, Spec
+from ..errors import CellError, ConfigError, ConfigMismatchError, RunExistsError, RunLockedError
+from ..store import RESULT_COLUMNS, CellResult, Store
 from .executor import EXECUTORS, Executor, Job, LocalExecutor, create_executor, register_executor
-from .run import ConfigMismatchError, RunExistsError, RunResult, run_benchmark
-from .store import RESULT_COLUMNS, CellResult, Store
-from .work import CellError
+from .run import RunResult, run_benchmark
+from .specs import Spec, benchmark_schema
 
 __all__ = [
     "BenchmarkConfig", "Cell", "CellError", "CellResult", "ConfigError", "ConfigMismatchError", "EXECUTORS",
-    "Executor", "Job", "LocalExecutor", "RESULT_COLUMNS", "RunExistsError", "RunResult", "Spec", "Store", "Study",
+    "Executor", "Job", "LocalExecutor", "RESULT_COLUMNS", "RunExistsError", "RunLockedError", "RunResult", "Spec",
+    "Store", "Study", "benchmark_schema",
     "create_executor", "expand", "list_benchmarks", "load_config", "parse_config", "register_executor",
     "run_benchmark",
 ]

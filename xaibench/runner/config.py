@@ -16,34 +16,30 @@ defaults for the study keys) and one or more ``[[study]]`` blocks::
     target = "label"            # "label" (batch.targets) or "predicted"
     baselines = ["random", "centre"]
 
-Every name is checked against its registry (unknown ones raise :class:`ConfigError`
-naming the exact key and the close matches), every setting against what the plugin
-accepts, before anything runs.
+Every name is checked against its registry (unknown ones are reported with close matches),
+every setting value against the plugin's typed settings, and every problem of the file is
+reported at once with its path, before anything runs. ``xaibench schema`` prints the file's
+JSON Schema (editors such as taplo / Even Better TOML use it to complete and check).
 """
 
 from __future__ import annotations
 
 import copy
-import difflib
-import hashlib
-import json
+import dataclasses
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .specs import (ConfigError, Spec, as_int, check_keys, check_registered, dataset_spec, explainer_spec, metric_spec,
-                    model_spec, unique_labels)
+from pydantic import ValidationError
+
+from ..errors import ConfigError
+from ..util import did_you_mean
+from .specs import (BenchmarkFile, Problems, Spec, StudyFile, digest, pydantic_problems, resolve_entry, resolve_model,
+                    unique_labels)
 
 #: Folder of the built-in benchmarks (``xaibench run NAME`` -> ``NAME.toml`` here).
 BENCHMARKS_DIR = Path(__file__).resolve().parent.parent / "benchmarks"
-
-TOP_KEYS = {"name", "description", "seed", "study", "n_samples", "batch_size", "target", "baselines"}
-STUDY_KEYS = {"name", "description", "datasets", "models", "explainers", "metrics", "n_samples",
-              "batch_size", "target", "baselines", "seed"}
-STUDY_DEFAULTS: dict[str, Any] = {"n_samples": 32, "batch_size": 16, "target": "label",
-                                  "baselines": ["random", "centre"]}
-TARGETS = ("label", "predicted")
 
 
 @dataclass(frozen=True)
@@ -58,7 +54,7 @@ class Study:
     n_samples: int
     batch_size: int
     target: str
-    baselines: tuple[str, ...]
+    baselines: tuple[Spec, ...]
     seed: int
     description: str = ""
 
@@ -68,7 +64,7 @@ class Study:
             "datasets": [s.record() for s in self.datasets], "models": [s.record() for s in self.models],
             "explainers": [s.record() for s in self.explainers], "metrics": [s.record() for s in self.metrics],
             "n_samples": self.n_samples, "batch_size": self.batch_size, "target": self.target,
-            "baselines": list(self.baselines), "seed": self.seed,
+            "baselines": [s.record() for s in self.baselines], "seed": self.seed,
         }
 
 
@@ -88,8 +84,7 @@ class BenchmarkConfig:
 
     @property
     def hash(self) -> str:
-        blob = json.dumps(self.record(), sort_keys=True, separators=(",", ":"), default=str)
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+        return digest(self.record())
 
 
 @dataclass(frozen=True)
@@ -105,11 +100,36 @@ class Cell:
     dataset: Spec
     model: Spec
     explainer: Spec
-    baseline: str | None = None
+    baseline: Spec | None = None
+    #: fingerprint of the user files the cell's dataset reads ("" for generated data)
+    data_fp: str = ""
+
+    def with_data_fp(self, fp: str) -> "Cell":
+        return dataclasses.replace(self, data_fp=fp)
 
     @property
     def key(self) -> str:
         return f"{self.study.name}/{self.dataset.label}/{self.model.label}/{self.explainer.label}"
+
+    def identity(self) -> dict[str, Any]:
+        """Everything this cell's rows depend on (resolved settings, weights digests, sizes, seed),
+        but not other cells: a changed setting elsewhere in the file leaves it valid."""
+        st = self.study
+        d: dict[str, Any] = {
+            "key": self.key, "n_samples": st.n_samples, "batch_size": st.batch_size, "target": st.target,
+            "seed": st.seed, "dataset": self.dataset.identity(), "model": self.model.identity(),
+            "metrics": [{"label": m.label, **m.identity()} for m in st.metrics],
+        }
+        if self.baseline is None:
+            d["explainer"] = self.explainer.identity()
+        else:  # a baseline takes its kind and shape from the study's first explainer
+            d["baseline"] = self.baseline.identity()
+            d["shape_from"] = st.explainers[0].identity()
+        return d
+
+    @property
+    def spec_hash(self) -> str:
+        return digest(self.identity())
 
     @property
     def group(self) -> tuple[str, str]:
@@ -135,8 +155,7 @@ def resolve_config_path(config: str | Path | None) -> Path:
     if builtin.is_file():
         return builtin
     names = list_benchmarks()
-    close = difflib.get_close_matches(str(config), names, n=3, cutoff=0.5)
-    hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else f"; built-in: {names}"
+    hint = did_you_mean(config, names, n=3) or f"; built-in: {names}"
     raise ConfigError(f"unknown benchmark {str(config)!r}: not a .toml file nor a built-in benchmark{hint}")
 
 
@@ -174,59 +193,59 @@ def load_config(config: str | Path | None = None, *, n_samples: int | None = Non
 
 
 def parse_config(raw: dict[str, Any], *, source: str = "<dict>", base_dir: Path | None = None) -> BenchmarkConfig:
-    """Validate a benchmark given as a dict (the parsed TOML). See :func:`load_config`."""
-    where = source
-    check_keys(raw, TOP_KEYS, where)
-    name = raw.get("name")
-    if not isinstance(name, str) or not name.strip():
-        raise ConfigError(f"{where}: top-level 'name' must be a non-empty string, got {name!r}")
-    seed = as_int(raw.get("seed", 0), f"{where}: seed")
-    studies_raw = raw.get("study")
-    if not isinstance(studies_raw, list) or not studies_raw:
-        raise ConfigError(f"{where}: needs at least one [[study]] block")
-    defaults = {**STUDY_DEFAULTS, **{k: raw[k] for k in STUDY_DEFAULTS if k in raw}}
-    studies: list[Study] = []
-    for i, st in enumerate(studies_raw):
-        studies.append(_parse_study(st, i, defaults, seed, where, base_dir))
-    names = [s.name for s in studies]
+    """Validate a benchmark given as a dict (the parsed TOML). See :func:`load_config`.
+
+    Every problem is collected — structure, unknown names, bad setting values of every plugin —
+    and reported at once, each with its path (``study[1].metrics[0].params.threshold``).
+    """
+    problems = Problems(source)
+    try:
+        f = BenchmarkFile.model_validate(raw)
+    except ValidationError as exc:
+        pydantic_problems(exc, problems)
+        problems.raise_if_any()
+        raise  # unreachable
+    studies = [_resolve_study(st, i, f, problems, base_dir) for i, st in enumerate(f.study)]
+    names = [s.name for s in studies if s is not None]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
-        raise ConfigError(f"{where}: study names must be unique, repeated: {dup}")
-    return BenchmarkConfig(name=name.strip(), description=str(raw.get("description", "")), seed=seed,
-                           studies=tuple(studies), source=source)
+        problems.add("study", f"study names must be unique, repeated: {dup}")
+    problems.raise_if_any()
+    return BenchmarkConfig(name=f.name.strip(), description=f.description, seed=f.seed,
+                           studies=tuple(s for s in studies if s is not None), source=source)
 
 
-def _parse_study(st: Any, i: int, defaults: dict[str, Any], seed: int, where: str, base_dir: Path | None) -> Study:
-    at = f"{where}: study[{i}]"
-    if not isinstance(st, dict):
-        raise ConfigError(f"{at}: expected a table, got {type(st).__name__}")
-    check_keys(st, STUDY_KEYS, at)
-    name = st.get("name", f"study{i}")
-    if not isinstance(name, str) or not name or "/" in name:
-        raise ConfigError(f"{at}.name: expected a non-empty string without '/', got {name!r}")
-    at = f"{where}: study[{i}] ({name})"
-    s = {**defaults, **st}
-    for key in ("datasets", "models", "explainers", "metrics"):
-        if not isinstance(s.get(key), list) or not s[key]:
-            raise ConfigError(f"{at}.{key}: expected a non-empty list, got {s.get(key)!r}")
-    datasets = unique_labels([dataset_spec(d, f"{at}.datasets[{j}]") for j, d in enumerate(s["datasets"])], f"{at}.datasets")
-    models = unique_labels([model_spec(m, f"{at}.models[{j}]", base_dir) for j, m in enumerate(s["models"])], f"{at}.models")
-    explainers = unique_labels([explainer_spec(e, f"{at}.explainers[{j}]") for j, e in enumerate(s["explainers"])], f"{at}.explainers")
-    metrics = unique_labels([metric_spec(m, f"{at}.metrics[{j}]") for j, m in enumerate(s["metrics"])], f"{at}.metrics")
-    n = as_int(s["n_samples"], f"{at}.n_samples", minimum=1)
-    bs = as_int(s["batch_size"], f"{at}.batch_size", minimum=1)
-    target = s["target"]
-    if target not in TARGETS:
-        raise ConfigError(f"{at}.target: expected one of {TARGETS}, got {target!r}")
-    baselines = s["baselines"]
-    if not isinstance(baselines, list) or not all(isinstance(b, str) for b in baselines):
-        raise ConfigError(f"{at}.baselines: expected a list of names, got {baselines!r}")
+def _resolve_study(st: StudyFile, i: int, f: BenchmarkFile, problems: Problems, base_dir: Path | None) -> Study | None:
     from ..baselines import BASELINES
-    for j, b in enumerate(baselines):
-        check_registered(BASELINES, b, f"{at}.baselines[{j}]")
-    return Study(name=name, datasets=datasets, models=models, explainers=explainers, metrics=metrics,
-                 n_samples=n, batch_size=bs, target=target, baselines=tuple(dict.fromkeys(baselines)),
-                 seed=as_int(st.get("seed", seed), f"{at}.seed"), description=str(st.get("description", "")))
+    from ..data import DATASETS, SampleDataset
+    from ..explainers import EXPLAINERS
+    from ..metric import METRICS
+
+    at = f"study[{i}]"
+    before = len(problems.items)
+    datasets = unique_labels([resolve_entry(DATASETS, e, f"{at}.datasets[{j}]", problems, "dataset",
+                                            reserved=SampleDataset.RUN_ARGS) for j, e in enumerate(st.datasets)],
+                             f"{at}.datasets", problems)
+    models = unique_labels([resolve_model(m, f"{at}.models[{j}]", problems, base_dir) for j, m in enumerate(st.models)],
+                           f"{at}.models", problems)
+    explainers = []
+    for j, e in enumerate(st.explainers):
+        if e.name.startswith("baseline."):
+            problems.add(f"{at}.explainers[{j}]", "baselines are not explainers; list them in the study's 'baselines'")
+            continue
+        explainers.append(resolve_entry(EXPLAINERS, e, f"{at}.explainers[{j}]", problems, "explainer"))
+    explainers_t = unique_labels(explainers, f"{at}.explainers", problems)
+    metrics = unique_labels([resolve_entry(METRICS, e, f"{at}.metrics[{j}]", problems, "metric")
+                             for j, e in enumerate(st.metrics)], f"{at}.metrics", problems)
+    base_entries = st.baselines if st.baselines is not None else f.baselines
+    baselines = unique_labels([resolve_entry(BASELINES, e, f"{at}.baselines[{j}]", problems, "baseline")
+                               for j, e in enumerate(base_entries)], f"{at}.baselines", problems)
+    if len(problems.items) > before:
+        return None
+    return Study(name=st.name or f"study{i}", datasets=datasets, models=models, explainers=explainers_t,
+                 metrics=metrics, n_samples=st.n_samples or f.n_samples, batch_size=st.batch_size or f.batch_size,
+                 target=st.target or f.target, baselines=baselines,
+                 seed=f.seed if st.seed is None else st.seed, description=st.description)
 
 
 # ----------------------------------------------------------------------------- grid
@@ -243,6 +262,7 @@ def expand(config: BenchmarkConfig) -> list[Cell]:
                 for ex in st.explainers:
                     cells.append(Cell(len(cells), st, ds, model, ex))
                 for b in st.baselines:
-                    spec = Spec(name=f"baseline.{b}", label=f"baseline.{b}")
+                    label = b.label if b.label != b.name else f"baseline.{b.name}"
+                    spec = Spec(name=f"baseline.{b.name}", label=label, params=b.params, resolved=b.resolved)
                     cells.append(Cell(len(cells), st, ds, model, spec, baseline=b))
     return cells

@@ -2,7 +2,7 @@
 
 A :class:`Job` is the cells sharing one (study, model), so the model is loaded once per
 job. An executor calls ``work(job, on_batch)`` for every job — an iterator of
-:class:`~xaibench.runner.store.CellResult`, one per finished cell — and hands each result
+:class:`~xaibench.store.CellResult`, one per finished cell — and hands each result
 to ``on_result`` *in the calling process*, which commits it to the store. Only a local,
 in-process executor exists now; a distributed one (processes, a cluster queue) implements
 the same :class:`Executor` protocol and registers with :func:`register_executor`. For
@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterator, Protocol, Sequence, runtime_checkabl
 
 from ..registry import Registry
 from .config import Cell
-from .store import CellResult
+from ..store import CellResult
 
 #: ``on_batch(cell_key, batch_index, n_batches)`` progress callback.
 BatchCallback = Callable[[str, int, int], None]

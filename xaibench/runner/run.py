@@ -1,7 +1,13 @@
-"""Run a benchmark: plan the grid, skip finished cells, execute, commit, then build the report.
+"""Run a benchmark: lock the folder, check the grid, skip finished cells, execute, commit, report.
 
     result = run_benchmark("default", out="reports/default", resume=True)
     result.run_dir / "report.html"
+
+Guarantees: one writer per run folder (an OS lock, released even when the process is
+killed); every cell committed atomically with the files it wrote (a manifest), so ``--force``
+deletes exactly what a run wrote and nothing of the user's; a failing cell is recorded as
+failed and the grid goes on; ``--resume`` recomputes only missing, failed or changed cells and
+refuses when the data a finished cell read has changed on disk.
 """
 
 from __future__ import annotations
@@ -10,35 +16,29 @@ import contextlib
 import functools
 import os
 import platform
-import shutil
+import re
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from .config import BenchmarkConfig, expand, load_config
+from ..errors import ConfigMismatchError, RunExistsError
+from ..report import build_report
+from ..store import DB_NAME, EXAMPLES_DIR, FORMAT, LOCK_NAME, CellResult, RunLock, Store, now, save_examples
+from .config import BenchmarkConfig, Cell, expand, load_config
 from .executor import create_executor, make_jobs
-from .store import DB_NAME, CellResult, Store, now
+from .preflight import check_grid
 from .work import RunContext, execute_job
 
-EXAMPLES_DIR = "examples"
-#: Files and folders a run writes into its folder (``--force`` removes these and nothing else).
-RUN_OUTPUTS = (DB_NAME, f"{DB_NAME}-wal", f"{DB_NAME}-shm", EXAMPLES_DIR, "figures", "results.csv",
-               "results.parquet", "summary.csv", "skipped.csv", "report.md", "report.html")
-
-
-class RunExistsError(RuntimeError):
-    """The run folder already holds results and neither resume nor force was asked for."""
-
-
-class ConfigMismatchError(RuntimeError):
-    """Resuming a run whose stored configuration differs from the given one."""
+#: Names a run writes into its folder; a folder holding any of them that is not a run is refused.
+RUN_OUTPUTS = (DB_NAME, EXAMPLES_DIR, "figures", "results.csv", "results.parquet", "summary.csv", "skipped.csv",
+               "report.md", "report.html")
 
 
 @dataclass
 class RunResult:
-    """What :func:`run_benchmark` did: the folder, cells run now / already done, report files."""
+    """What :func:`run_benchmark` did: the folder, cells run now / already done / failed, report files."""
 
     run_dir: Path
     config: BenchmarkConfig
@@ -47,6 +47,11 @@ class RunResult:
     n_resumed: int
     seconds: float
     report: dict[str, Path] = field(default_factory=dict)
+    failed: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def n_failed(self) -> int:
+        return len(self.failed)
 
 
 def versions() -> dict[str, str]:
@@ -69,57 +74,79 @@ def host_info() -> dict[str, Any]:
             "cuda": bool(torch.cuda.is_available())}
 
 
-def safe_name(key: str) -> str:
-    """A file name for a cell key (readable part + short hash, so distinct keys never collide)."""
-    import hashlib
-    readable = "".join(ch if ch.isalnum() or ch in "._@-" else "_" for ch in key.replace("/", "__"))
-    return f"{readable[:120]}-{hashlib.sha1(key.encode()).hexdigest()[:8]}"
+def safe_folder_name(name: str) -> str:
+    """A benchmark name as one safe folder name (no separators, no leading dots, no ``..``)."""
+    safe = re.sub(r"[^A-Za-z0-9._@-]+", "_", name).lstrip(".") or "run"
+    return safe[:100]
 
 
-def save_examples(run_dir: Path, res: CellResult) -> None:
-    """Write a cell's example maps atomically (before its commit: a recomputed cell rewrites them)."""
-    if res.examples is None:
-        return
-    import torch
-    folder = run_dir / EXAMPLES_DIR
-    folder.mkdir(parents=True, exist_ok=True)
-    final = folder / f"{safe_name(res.key)}.pt"
-    tmp = folder / f".{final.name}.tmp"
-    torch.save(res.examples, tmp)
-    os.replace(tmp, final)
+def default_run_dir(cfg: BenchmarkConfig) -> Path:
+    """``reports/<safe name>``: a config's name never makes a path outside ``reports/``."""
+    return Path("reports") / safe_folder_name(cfg.name)
 
 
-def clear_run(run_dir: Path) -> None:
-    """Remove what a previous run wrote into ``run_dir`` (only the files a run writes)."""
-    for name in RUN_OUTPUTS:
-        p = run_dir / name
-        if p.is_dir():
-            shutil.rmtree(p)
-        elif p.exists():
+def clear_run(run_dir: Path, store: Store) -> None:
+    """Delete exactly the files the previous run recorded in its manifest, then its database."""
+    for rel in store.files():
+        p = (run_dir / rel).resolve()
+        if run_dir.resolve() in p.parents and p.is_file():
             p.unlink()
+    for sub in (EXAMPLES_DIR, "figures"):
+        d = run_dir / sub
+        if d.is_dir() and not any(d.iterdir()):
+            d.rmdir()
 
 
-def _prepare(run_dir: Path, cfg: BenchmarkConfig, resume: bool, force: bool) -> Store:
+def _drop_db(run_dir: Path) -> None:
+    for name in (DB_NAME, f"{DB_NAME}-wal", f"{DB_NAME}-shm"):
+        (run_dir / name).unlink(missing_ok=True)
+
+
+def _prepare(run_dir: Path, resume: bool, force: bool, cells: list[Cell]) -> Store:
+    """Open (or start) the run's store under the lock; returns it with changed cells forgotten."""
     db = run_dir / DB_NAME
-    if db.exists() and force:
-        clear_run(run_dir)
-    elif db.exists():
-        with Store(db) as old:
-            n_done, meta = len(old.done_cells()), old.get_meta()
-        stored = meta.get("config_hash")
-        if resume and stored is not None and stored != cfg.hash:
-            raise ConfigMismatchError(
-                f"cannot resume {run_dir}: it was run with config hash {stored} ({meta.get('name')!r}), "
-                f"the given config has hash {cfg.hash}; use the same config and --n-samples, "
-                "or start over with --force")
-        if not resume:
-            if n_done:
-                raise RunExistsError(
-                    f"{run_dir} already holds results ({n_done} finished cells); continue that run with "
-                    "--resume or overwrite it with --force")
-            clear_run(run_dir)
+    if db.exists() and db.stat().st_size > 0:
+        old = Store.open(run_dir)
+        if force:
+            clear_run(run_dir, old)
+            old.close()
+            _drop_db(run_dir)
+        else:
+            done = old.done_cells()
+            if not resume and done:
+                old.close()
+                raise RunExistsError(f"{run_dir} already holds results ({len(done)} finished cells); continue that "
+                                     "run with --resume or overwrite it with --force")
+            _check_resume(run_dir, old, done, cells)
+            return old
+    elif run_dir.is_dir():
+        clash = sorted(n for n in RUN_OUTPUTS if (run_dir / n).exists())
+        if clash:
+            raise RunExistsError(f"{run_dir} holds {clash} but no xaibench run; choose an empty folder with --out "
+                                 "(xaibench never overwrites files it did not write)")
+        _drop_db(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     return Store(db)
+
+
+def _check_resume(run_dir: Path, store: Store, done: dict[str, tuple[str, str]], cells: list[Cell]) -> None:
+    """Refuse a resume whose data changed under finished cells; forget cells whose settings changed."""
+    changed_data, changed_spec = [], []
+    for c in cells:
+        if c.key not in done:
+            continue
+        spec_hash, fp = done[c.key]
+        if spec_hash != c.spec_hash:
+            changed_spec.append(c.key)
+        elif fp != c.data_fp:
+            changed_data.append(c.key)
+    if changed_data:
+        raise ConfigMismatchError(
+            f"cannot resume {run_dir}: the data of {len(changed_data)} finished cell(s) changed on disk since they ran "
+            f"(e.g. {changed_data[0]}); scores of old and new files would be mixed. Restore the files, or start "
+            "over with --force")
+    store.forget_cells(changed_spec)
+    store.prune_cells([c.key for c in cells])
 
 
 class _Progress:
@@ -176,9 +203,9 @@ def run_benchmark(
 
     Args:
         config: a TOML path, a built-in benchmark name, a :class:`BenchmarkConfig`, or None (``default``).
-        out: the run folder (default ``reports/<benchmark name>``).
-        resume: continue a run in ``out``: finished cells are kept, unfinished ones recomputed.
-        force: delete the previous results in ``out`` first.
+        out: the run folder (default ``reports/<safe benchmark name>``).
+        resume: continue a run in ``out``: finished cells are kept; missing, failed and changed ones run.
+        force: delete what the previous run in ``out`` wrote (its manifest) first.
         n_samples: override every study's ``n_samples``.
         quiet: no progress display.
         executor: registered executor name (``"local"``).
@@ -186,46 +213,53 @@ def run_benchmark(
         on_cell: called after each cell is committed (for tools and tests).
 
     Returns:
-        a :class:`RunResult`.
+        a :class:`RunResult`; ``failed`` maps failed cells to their reasons (they are retried by ``resume``).
 
     Raises:
-        ConfigError: the benchmark is invalid.
-        RunExistsError: ``out`` has results and neither ``resume`` nor ``force`` was given.
-        ConfigMismatchError: ``resume`` of a run made with another configuration.
-        CellError: a cell failed (finished cells stay committed; fix and ``resume``).
+        ConfigError: the benchmark is invalid (every problem listed, checked before any cell runs).
+        RunLockedError: another live process is running in ``out``.
+        RunExistsError: ``out`` has results and neither ``resume`` nor ``force`` was given, or holds
+            files of the user's.
+        ConfigMismatchError: ``resume`` when the data of finished cells changed on disk.
     """
     t0 = time.perf_counter()
     cfg = config if isinstance(config, BenchmarkConfig) else load_config(config, n_samples=n_samples)
-    run_dir = Path(out) if out is not None else Path("reports") / cfg.name
-    store = _prepare(run_dir, cfg, resume, force)
-    try:
-        meta = store.get_meta()
-        started = {"started_at": now()} if "started_at" not in meta else {"resumed_at": [*meta.get("resumed_at", []), now()]}
-        store.set_meta(name=cfg.name, description=cfg.description, seed=cfg.seed, config_hash=cfg.hash,
-                       config=cfg.record(), config_source=cfg.source, versions=versions(), host=host_info(),
-                       finished_at=None, **started)
-        cells = expand(cfg)
-        store.plan(cells)
-        done = store.done_cells()
-        todo = [c for c in cells if c.key not in done]
-        ctx = RunContext(run=cfg.name, config_hash=cfg.hash, seed=cfg.seed)
-        prog = _Progress(progress_enabled(quiet), len(todo))
+    run_dir = Path(out) if out is not None else default_run_dir(cfg)
+    fps = check_grid(cfg)
+    cells = [c.with_data_fp(fps.get(f"{c.study.name}/{c.dataset.label}", "")) for c in expand(cfg)]
+    failed: dict[str, str] = {}
+    with RunLock(run_dir):
+        store = _prepare(run_dir, resume, force, cells)
+        try:
+            meta = store.get_meta()
+            started = {"started_at": now()} if "started_at" not in meta else {
+                "resumed_at": [*meta.get("resumed_at", []), now()]}
+            store.set_meta(format=FORMAT, name=cfg.name, description=cfg.description, seed=cfg.seed,
+                           config_hash=cfg.hash, config=cfg.record(), config_source=cfg.source, versions=versions(),
+                           host=host_info(), data_fingerprints=fps, finished_at=None, **started)
+            store.plan(cells)
+            done = store.done_cells()
+            todo = [c for c in cells if c.key not in done]
+            ctx = RunContext(run=cfg.name, config_hash=cfg.hash, seed=cfg.seed)
+            prog = _Progress(progress_enabled(quiet), len(todo))
 
-        def commit(res: CellResult) -> None:
-            save_examples(run_dir, res)
-            store.commit_cell(res)
-            prog.cell()
-            if on_cell is not None:
-                on_cell(res)
+            def commit(res: CellResult) -> None:
+                files = save_examples(run_dir, res.key, res.examples) if res.examples is not None and not res.error else []
+                store.commit_cell(res, files)
+                if res.error:
+                    failed[res.key] = res.error
+                prog.cell()
+                if on_cell is not None:
+                    on_cell(res)
 
-        with prog.show():
-            create_executor(executor).run(make_jobs(todo), functools.partial(execute_job, ctx), commit, prog.batch)
-        store.set_meta(finished_at=now())
-    finally:
-        store.close()
-    paths: dict[str, Path] = {}
-    if report:
-        from ..report import build_report
-        paths = build_report(run_dir)
+            with prog.show():
+                create_executor(executor).run(make_jobs(todo), functools.partial(execute_job, ctx), commit, prog.batch)
+            store.set_meta(finished_at=now(), n_failed=len(failed))
+        finally:
+            store.close()
+        paths: dict[str, Path] = build_report(run_dir, quiet=quiet) if report else {}
     return RunResult(run_dir=run_dir, config=cfg, n_cells=len(cells), n_run=len(todo),
-                     n_resumed=len(cells) - len(todo), seconds=time.perf_counter() - t0, report=paths)
+                     n_resumed=len(cells) - len(todo), seconds=time.perf_counter() - t0, report=paths, failed=failed)
+
+
+__all__ = ["LOCK_NAME", "RUN_OUTPUTS", "RunResult", "clear_run", "default_run_dir", "run_benchmark", "safe_folder_name"]

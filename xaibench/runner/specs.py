@@ -1,31 +1,109 @@
-"""Validation of the entries of a study: datasets, models, explainers, metrics.
+"""The benchmark file's schema (pydantic) and the resolution of study entries against the registries.
 
-Each entry is a registry name or a table ``{name=..., label=..., params={...}}`` (models:
-``{zoo=...}`` or ``{model=..., params=..., weights=...}``). Names are checked against their
-registry, settings against what the plugin accepts; errors name the exact place.
+Each study entry is a registry name or a table ``{name=..., label=..., params={...}}`` (models:
+``{zoo=...}`` or ``{model=..., params=..., weights=...}``). The file's structure is validated by
+the pydantic models below (which also give the JSON Schema editors use); names are then checked
+against their registries and ``params`` against each plugin's own settings model — every
+problem is collected, with its path, before anything runs.
 """
 
 from __future__ import annotations
 
-import difflib
 import hashlib
-import inspect
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, model_validator
+
+from ..errors import ConfigError, SettingsError, UnknownNameError
+from ..settings import validate
+from ..util import did_you_mean
+
+Label = Annotated[str, StringConstraints(min_length=1, pattern=r"^[^/]+$")]
 
 
-class ConfigError(ValueError):
-    """A benchmark configuration is invalid; the message names the key and the fix."""
+def _name_to_table(v: Any) -> Any:
+    return {"name": v} if isinstance(v, str) else v
+
+
+def _zoo_to_table(v: Any) -> Any:
+    return {"zoo": v} if isinstance(v, str) else v
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PluginEntry(_Strict):
+    """A dataset, explainer, metric or baseline of a study: a registry name, a label, settings."""
+
+    name: str = Field(min_length=1, description="registry key")
+    label: Label | None = Field(None, description="display label (default: the name); no '/'")
+    params: dict[str, Any] = Field(default_factory=dict, description="the plugin's settings")
+
+
+class ModelEntry(_Strict):
+    """A model of a study: a zoo model, or a registered builder with settings and optional weights."""
+
+    zoo: str | None = Field(None, description="zoo model name (`xaibench list zoo`)")
+    model: str | None = Field(None, description="registered model builder (`xaibench list models`)")
+    label: Label | None = None
+    params: dict[str, Any] = Field(default_factory=dict, description="builder settings (with `model`)")
+    weights: str | None = Field(None, description="safetensors file, relative to the benchmark file")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "ModelEntry":
+        if (self.zoo is None) == (self.model is None):
+            raise ValueError("give exactly one of 'zoo' (a zoo model) or 'model' (a model builder)")
+        if self.zoo is not None and self.params:
+            raise ValueError("a zoo model takes no 'params' (its settings are fixed by the zoo)")
+        return self
+
+
+Entry = Annotated[PluginEntry, BeforeValidator(_name_to_table)]
+Model = Annotated[ModelEntry, BeforeValidator(_zoo_to_table)]
+
+
+class StudyFile(_Strict):
+    """A ``[[study]]`` block: datasets × models × explainers, scored by metrics, with baselines."""
+
+    name: Label | None = None
+    description: str = ""
+    datasets: list[Entry] = Field(min_length=1)
+    models: list[Model] = Field(min_length=1)
+    explainers: list[Entry] = Field(min_length=1)
+    metrics: list[Entry] = Field(min_length=1)
+    n_samples: int | None = Field(None, ge=1)
+    batch_size: int | None = Field(None, ge=1)
+    target: Literal["label", "predicted"] | None = None
+    baselines: list[Entry] | None = None
+    seed: int | None = None
+
+
+class BenchmarkFile(_Strict):
+    """A benchmark TOML file: defaults for every study, and the studies."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, title="xaibench benchmark")
+    name: Label
+    description: str = ""
+    seed: int = 0
+    n_samples: int = Field(32, ge=1, description="samples per dataset (a study may override)")
+    batch_size: int = Field(16, ge=1)
+    target: Literal["label", "predicted"] = "label"
+    baselines: list[Entry] = Field(default_factory=lambda: [PluginEntry(name="random"), PluginEntry(name="centre")])
+    study: list[StudyFile] = Field(min_length=1)
 
 
 @dataclass(frozen=True)
 class Spec:
-    """One entry of a study list: a registry ``name``, a display ``label`` and ``params``.
+    """One resolved entry of a study list: a registry ``name``, a display ``label`` and ``params``.
 
-    For models, ``name`` is the zoo key (``source="zoo"``) or the model builder
-    (``source="model"``); ``weights`` an optional safetensors path.
+    ``params`` are the settings as given (what the plugin is built with); ``resolved`` is the full
+    settings record, defaults filled in (what the cell's identity is hashed from). For models,
+    ``name`` is the zoo key (``source="zoo"``) or the builder (``source="model"``); ``weights``
+    an optional safetensors path and ``digest`` its content hash.
     """
 
     name: str
@@ -34,6 +112,7 @@ class Spec:
     source: str = ""
     weights: str | None = None
     digest: str | None = None
+    resolved: dict[str, Any] = field(default_factory=dict)
 
     def record(self) -> dict[str, Any]:
         """Plain data for the config record; weights enter by content digest, not by path."""
@@ -44,23 +123,38 @@ class Spec:
             d["weights_sha256"] = self.digest
         return d
 
+    def identity(self) -> dict[str, Any]:
+        """What this entry measures, independent of its label (for cell keys and regressions)."""
+        d: dict[str, Any] = {"name": self.name, "settings": self.resolved or self.params}
+        if self.source:
+            d["source"] = self.source
+        if self.digest:
+            d["weights_sha256"] = self.digest
+        return d
 
-def _entry(x: Any, at: str, keys: set[str], name_key: str = "name") -> tuple[str, str | None, dict[str, Any], dict[str, Any]]:
-    if isinstance(x, str):
-        return x, None, {}, {}
-    if not isinstance(x, dict):
-        raise ConfigError(f"{at}: expected a name or a table {{name=..., label=..., params={{...}}}}, got {x!r}")
-    check_keys(x, keys, at)
-    name = x.get(name_key)
-    if not isinstance(name, str) or not name:
-        raise ConfigError(f"{at}: missing {name_key!r} (a registry name), got {x!r}")
-    label = x.get("label")
-    if label is not None and (not isinstance(label, str) or not label or "/" in label):
-        raise ConfigError(f"{at}.label: expected a non-empty string without '/', got {label!r}")
-    params = x.get("params", {})
-    if not isinstance(params, dict):
-        raise ConfigError(f"{at}.params: expected a table, got {params!r}")
-    return name, label, _plain(params), x
+
+def digest(obj: Any, n: int = 16) -> str:
+    """Short sha256 of JSON data (sorted keys) or of bytes."""
+    blob = obj if isinstance(obj, bytes) else json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:n]
+
+
+class Problems:
+    """Collects every problem of a configuration (path, message), to raise them all at once."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.items: list[tuple[str, str]] = []
+
+    def add(self, path: str, msg: str) -> None:
+        self.items.append((path, msg))
+
+    def raise_if_any(self) -> None:
+        if not self.items:
+            return
+        lines = [f"{p}: {m}" if p else m for p, m in self.items]
+        head = f"{self.source}: " if len(lines) == 1 else f"{self.source}: {len(lines)} problems:\n  "
+        raise ConfigError(head + "\n  ".join(lines))
 
 
 def _plain(params: dict[str, Any]) -> dict[str, Any]:
@@ -68,124 +162,154 @@ def _plain(params: dict[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps(params, default=str))
 
 
-def check_registered(reg: Any, name: str, at: str) -> Any:
+def resolve_entry(reg: Any, e: PluginEntry, at: str, problems: Problems, who: str,
+                  reserved: tuple[str, ...] = ()) -> Spec | None:
+    """Check ``e`` against registry ``reg`` and its settings model; None (and problems) if bad."""
     try:
-        return reg.entry(name)
-    except KeyError as exc:
-        raise ConfigError(f"{at}: {exc.args[0]}") from None
-
-
-def _check_settings(params: dict[str, Any], accepted: set[str] | None, at: str, who: str) -> None:
-    if accepted is None:
-        return
-    for k in params:
-        if k not in accepted:
-            close = difflib.get_close_matches(k, sorted(accepted), n=3, cutoff=0.5)
-            hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-            raise ConfigError(f"{at}.params.{k}: {who} has no setting {k!r}{hint} (accepted: {sorted(accepted)})")
-
-
-def _signature_keys(fn: Any) -> set[str] | None:
-    try:
-        sig = inspect.signature(fn)
-    except (TypeError, ValueError):
+        entry = reg.entry(e.name)
+    except UnknownNameError as exc:
+        problems.add(f"{at}.name", str(exc))
         return None
-    if any(p.kind == p.VAR_KEYWORD for p in sig.parameters.values()):
+    params = _plain(e.params)
+    bad = sorted(set(reserved) & set(params))
+    if bad:
+        problems.add(f"{at}.params", f"{bad} are set by the runner (use the study's n_samples / batch_size / seed); "
+                                     "remove them")
         return None
-    return {k for k, p in sig.parameters.items() if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
+    resolved: dict[str, Any] = {}
+    if entry.settings is not None:
+        try:
+            resolved = validate(entry.settings, params, f"{who} {e.name!r}", f"{at}.params").record()
+        except SettingsError as exc:
+            for path, msg in exc.problems:
+                problems.add(path, msg)
+            return None
+    return Spec(name=e.name, label=e.label or e.name, params=params, resolved=resolved)
 
 
-def dataset_spec(x: Any, at: str) -> Spec:
-    from ..data import DATASETS
-    name, label, params, _ = _entry(x, at, {"name", "label", "params"})
-    obj = check_registered(DATASETS, name, at).obj
-    reserved = {"n", "batch_size", "seed", "split"} & set(params)
-    if reserved:
-        raise ConfigError(f"{at}.params: {sorted(reserved)} are set by the runner (use the study's "
-                          "n_samples / batch_size / seed); remove them")
-    accepted = set(getattr(obj, "defaults", {})) if isinstance(obj, type) and hasattr(obj, "defaults") else _signature_keys(obj)
-    _check_settings(params, accepted, at, f"dataset {name!r}")
-    return Spec(name=name, label=label or name, params=params)
-
-
-def model_spec(x: Any, at: str, base_dir: Path | None) -> Spec:
+def resolve_model(m: ModelEntry, at: str, problems: Problems, base_dir: Path | None) -> Spec | None:
     from ..data import MODELS
     from ..zoo import ZOO
-    if isinstance(x, str):
-        x = {"zoo": x}
-    if not isinstance(x, dict):
-        raise ConfigError(f"{at}: expected a zoo name or a table {{zoo=...}} / {{model=..., params=...}}, got {x!r}")
-    if ("zoo" in x) == ("model" in x):
-        raise ConfigError(f"{at}: give exactly one of 'zoo' (a zoo model) or 'model' (a model builder), got {x!r}")
-    weights = x.get("weights")
+
+    weights = m.weights
     if weights is not None:
-        if not isinstance(weights, str):
-            raise ConfigError(f"{at}.weights: expected a path string, got {weights!r}")
         wp = Path(weights)
         if not wp.is_absolute() and base_dir is not None:
             wp = base_dir / wp
         if not wp.is_file():
-            raise ConfigError(f"{at}.weights: no file at {str(wp)!r}")
+            problems.add(f"{at}.weights", f"no file at {str(wp)!r}")
+            return None
         weights = str(wp.resolve())
-    if "zoo" in x:
-        name, label, params, _ = _entry(x, at, {"zoo", "label", "weights"}, name_key="zoo")
-        entry = check_registered(ZOO, name, at).obj
-        if weights is None and not Path(entry.weights_path).is_file():
-            raise ConfigError(f"{at}: zoo model {name!r} has no weights at {entry.weights_path}; "
-                              f"train them with `xaibench zoo train {name}`")
-        digest = _digest(Path(weights) if weights else Path(entry.weights_path))
-        return Spec(name=name, label=label or name, source="zoo", weights=weights, digest=digest)
-    name, label, params, _ = _entry(x, at, {"model", "label", "params", "weights"}, name_key="model")
-    fn = check_registered(MODELS, name, at).obj
-    _check_settings(params, _signature_keys(fn), at, f"model {name!r}")
-    return Spec(name=name, label=label or name, params=params, source="model", weights=weights,
-                digest=_digest(Path(weights)) if weights else None)
+    if m.zoo is not None:
+        try:
+            entry = ZOO.get(m.zoo)
+        except UnknownNameError as exc:
+            problems.add(f"{at}.zoo", str(exc))
+            return None
+        path = Path(weights) if weights else Path(entry.weights_path)
+        if not path.is_file():
+            problems.add(at, f"zoo model {m.zoo!r} has no weights at {path}; train them with "
+                             f"`xaibench zoo train {m.zoo}`")
+            return None
+        return Spec(name=m.zoo, label=m.label or m.zoo, source="zoo", weights=weights,
+                    digest=digest(path.read_bytes()))
+    assert m.model is not None
+    try:
+        MODELS.entry(m.model)
+    except UnknownNameError as exc:
+        problems.add(f"{at}.model", str(exc))
+        return None
+    return Spec(name=m.model, label=m.label or m.model, params=_plain(m.params), source="model", weights=weights,
+                digest=digest(Path(weights).read_bytes()) if weights else None)
 
 
-def _digest(path: Path) -> str:
-    """Short sha256 of a weights file: a retrained model changes the config hash."""
-    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
-
-
-def explainer_spec(x: Any, at: str) -> Spec:
-    from ..explainers import EXPLAINERS
-    name, label, params, _ = _entry(x, at, {"name", "label", "params"})
-    if name.startswith("baseline."):
-        raise ConfigError(f"{at}: baselines are not explainers; list them in the study's 'baselines'")
-    cls = check_registered(EXPLAINERS, name, at).obj
-    _check_settings(params, set(getattr(cls, "defaults", {})), at, f"explainer {name!r}")
-    return Spec(name=name, label=label or name, params=params)
-
-
-def metric_spec(x: Any, at: str) -> Spec:
-    from ..metric import _defaults
-    from ..metric import METRICS
-    name, label, params, _ = _entry(x, at, {"name", "label", "params"})
-    fn = check_registered(METRICS, name, at).obj
-    _check_settings(params, set(_defaults(fn)), at, f"metric {name!r}")
-    return Spec(name=name, label=label or name, params=params)
-
-
-def unique_labels(specs: list[Spec], at: str) -> tuple[Spec, ...]:
-    labels = [s.label for s in specs]
+def unique_labels(specs: list[Spec | None], at: str, problems: Problems) -> tuple[Spec, ...]:
+    ok = [s for s in specs if s is not None]
+    labels = [s.label for s in ok]
     dup = sorted({lb for lb in labels if labels.count(lb) > 1})
     if dup:
-        raise ConfigError(f"{at}: labels must be unique, repeated: {dup}; give the entries distinct "
-                          "label=\"...\" values")
-    return tuple(specs)
+        problems.add(at, f"labels must be unique, repeated: {dup}; give the entries distinct label=\"...\" values")
+    return tuple(ok)
 
 
-def check_keys(d: dict[str, Any], allowed: set[str], at: str) -> None:
-    for k in d:
-        if k not in allowed:
-            close = difflib.get_close_matches(k, sorted(allowed), n=3, cutoff=0.5)
-            hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-            raise ConfigError(f"{at}: unknown key {k!r}{hint} (allowed: {sorted(allowed)})")
+def pydantic_problems(exc: Any, problems: Problems) -> None:
+    """Turn a pydantic ValidationError of a benchmark file into path-named problems."""
+    for err in exc.errors():
+        loc = err.get("loc", ())
+        path = ""
+        for part in loc:
+            if isinstance(part, int):
+                path += f"[{part}]"
+            elif str(part).startswith("function-") or part in ("PluginEntry", "ModelEntry"):
+                continue
+            else:
+                path += ("." if path else "") + str(part)
+        msg = err.get("msg", "invalid")
+        if err.get("type") == "extra_forbidden":
+            known = {k for m in (BenchmarkFile, StudyFile, PluginEntry, ModelEntry) for k in m.model_fields}
+            msg = f"unknown key {loc[-1]!r}{did_you_mean(loc[-1], known, n=3)} (see `xaibench schema` for the format)"
+        elif "input" in err and err.get("type") != "missing":
+            msg += f", got {err['input']!r}"
+        problems.add(path, msg)
 
 
-def as_int(v: Any, at: str, minimum: int | None = None) -> int:
-    if isinstance(v, bool) or not isinstance(v, int):
-        raise ConfigError(f"{at}: expected an integer, got {v!r}")
-    if minimum is not None and v < minimum:
-        raise ConfigError(f"{at}: must be >= {minimum}, got {v}")
-    return int(v)
+# ----------------------------------------------------------------------------- JSON Schema
+
+def _hoist(schema: dict[str, Any], prefix: str, defs: dict[str, Any]) -> dict[str, Any]:
+    """Move a sub-schema's ``$defs`` into ``defs`` under unique names and rewrite its refs."""
+    local = schema.pop("$defs", {})
+
+    def fix(node: Any) -> Any:
+        if isinstance(node, dict):
+            return {k: (f"#/$defs/{prefix}{v.rsplit('/', 1)[-1]}" if k == "$ref" and isinstance(v, str) else fix(v))
+                    for k, v in node.items()}
+        if isinstance(node, list):
+            return [fix(v) for v in node]
+        return node
+
+    for k, v in local.items():
+        defs[f"{prefix}{k}"] = fix(v)
+    return fix(schema)
+
+
+def _entries_schema(reg: Any, what: str, defs: dict[str, Any]) -> dict[str, Any]:
+    names = reg.names()
+    options: list[dict[str, Any]] = [{"type": "string", "enum": names, "description": f"a registered {what}"}]
+    for n in names:
+        model = reg.settings(n)
+        params = (_hoist(model.model_json_schema(), f"{n}.", defs) if model is not None
+                  else {"type": "object"})
+        params.pop("title", None)
+        options.append({"type": "object", "additionalProperties": False, "required": ["name"],
+                        "properties": {"name": {"const": n}, "label": {"type": "string", "pattern": "^[^/]+$"},
+                                       "params": params}})
+    return {"anyOf": options}
+
+
+def benchmark_schema() -> dict[str, Any]:
+    """The JSON Schema of a benchmark TOML file, with every registered plugin's settings.
+
+    Point an editor at it (taplo / Even Better TOML: a ``#:schema path`` first line) to get
+    completion and checking of names and ``params`` while writing a benchmark.
+    """
+    from ..baselines import BASELINES
+    from ..data import DATASETS
+    from ..explainers import EXPLAINERS
+    from ..metric import METRICS
+    from ..zoo import ZOO
+
+    schema = BenchmarkFile.model_json_schema(mode="validation")
+    defs = schema.setdefault("$defs", {})
+    for reg, what in ((DATASETS, "dataset"), (EXPLAINERS, "explainer"), (METRICS, "metric"), (BASELINES, "baseline")):
+        defs[f"{what}_entry"] = _entries_schema(reg, what, defs)
+    model_obj = defs["ModelEntry"]
+    defs["model_entry"] = {"anyOf": [{"type": "string", "enum": ZOO.names(), "description": "a zoo model"}, model_obj]}
+    study = defs["StudyFile"]["properties"]
+    for key, what in (("datasets", "dataset"), ("explainers", "explainer"), ("metrics", "metric")):
+        study[key]["items"] = {"$ref": f"#/$defs/{what}_entry"}
+    study["models"]["items"] = {"$ref": "#/$defs/model_entry"}
+    study["baselines"] = {"anyOf": [{"type": "array", "items": {"$ref": "#/$defs/baseline_entry"}}, {"type": "null"}]}
+    schema["properties"]["baselines"] = {"type": "array", "items": {"$ref": "#/$defs/baseline_entry"}}
+    defs.pop("PluginEntry", None)
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    return schema

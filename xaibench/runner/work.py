@@ -2,7 +2,8 @@
 
 :func:`execute_job` is what an executor runs. It is a module-level function over plain
 data (a :class:`RunContext` and a :class:`~xaibench.runner.executor.Job`), so a
-distributed executor can ship it elsewhere.
+distributed executor can ship it elsewhere. A cell that raises becomes a *failed* cell
+result (its reason recorded); the job goes on with its other cells.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import json
 import math
 import random
 import time
+import traceback
 import warnings
 from dataclasses import dataclass
 from typing import Any, Iterator
@@ -20,19 +22,20 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ..baselines import BASELINES
+from ..data import create_dataset, create_model
+from ..errors import CellError
+from ..explainers import EXPLAINERS, Explainer
+from ..metric import Metric, create_metric
+from ..store import CellResult
 from ..types import Attribution, Batch
 from .config import Cell, Spec, Study
 from .executor import BatchCallback, Job
-from .store import CellResult
 
 #: Number of samples per cell saved as example maps (for overlays and family figures).
 N_EXAMPLES = 4
 #: Tensors larger than this (bytes) are not saved in the example files.
 MAX_EXAMPLE_BYTES = 32 * 2**20
-
-
-class CellError(RuntimeError):
-    """A grid cell failed; the message names the cell and the cause."""
 
 
 @dataclass(frozen=True)
@@ -59,42 +62,28 @@ def seed_everything(seed: int) -> None:
 def load_model(spec: Spec, seed: int) -> nn.Module:
     """A model from its spec: a zoo model (committed or given weights) or a seeded builder."""
     from .. import zoo
-    from ..data import create_model
 
     if spec.source == "zoo":
         return zoo.load(spec.name, spec.weights).eval()
     torch.manual_seed(seed)
     model = create_model(spec.name, **spec.params)
     if spec.weights:
-        from safetensors.torch import load_file
-        state = load_file(spec.weights)
-        missing, unexpected = model.load_state_dict(state, strict=False)
+        from ..zoo import read_weights
+        missing, unexpected = model.load_state_dict(read_weights(spec.weights), strict=False)
         if missing or unexpected:
             raise ValueError(f"model {spec.label!r}: weights {spec.weights} do not fit "
                              f"(missing {missing[:5]}, unexpected {unexpected[:5]})")
     return model.eval()
 
 
-def make_batches(study: Study, spec: Spec) -> list[Batch]:
-    """All test batches of a dataset for a study (seeded by the study's seed)."""
-    from ..data import create_dataset
-
-    ds = create_dataset(spec.name, n=study.n_samples, batch_size=study.batch_size, seed=study.seed,
-                        split="test", **spec.params)
-    return list(ds)
+def build_dataset(study: Study, spec: Spec) -> Any:
+    """The test split of a dataset for a study (seeded by the study's seed)."""
+    return create_dataset(spec.name, n=study.n_samples, batch_size=study.batch_size, seed=study.seed,
+                          split="test", **spec.params)
 
 
 def _json(d: Any) -> str:
     return json.dumps(d, sort_keys=True, default=repr)
-
-
-def _target(study: Study, batch: Batch, cell: Cell) -> Tensor | None:
-    if study.target == "predicted":
-        return None
-    if batch.targets is None:
-        raise CellError(f"cell {cell.key}: target = 'label' but dataset {cell.dataset.label!r} has no targets; "
-                        "set target = \"predicted\" in the study")
-    return batch.targets
 
 
 def _small(v: Any, k: int) -> Any:
@@ -109,7 +98,7 @@ def _small(v: Any, k: int) -> Any:
 
 
 def examples_of(cell: Cell, attr: Attribution, batch: Batch) -> dict[str, Any]:
-    """The first :data:`N_EXAMPLES` samples of a cell: maps, inputs, masks, ids (see figures.load_examples)."""
+    """The first :data:`N_EXAMPLES` samples of a cell: maps, inputs, masks, ids (see store.load_examples)."""
     k = min(N_EXAMPLES, len(batch))
     extras = {}
     for name, v in attr.extras.items():
@@ -126,21 +115,21 @@ def examples_of(cell: Cell, attr: Attribution, batch: Batch) -> dict[str, Any]:
     }
 
 
-class _JobState:
-    """Per-job caches: batches per dataset and the first explainer's attributions (baseline shapes)."""
+class JobState:
+    """Per-job state: the model, the metrics, batches per dataset, and the attributions of the
+    study's first explainer per dataset (baselines take their kind and shape from them)."""
 
     def __init__(self, ctx: RunContext, job: Job) -> None:
         self.ctx = ctx
         self.study = job.cells[0].study
         self.model = load_model(job.cells[0].model, self.study.seed)
+        self.metrics: list[tuple[Spec, Metric]] = [(s, create_metric(s.name, **s.params)) for s in self.study.metrics]
         self.batches: dict[str, list[Batch]] = {}
-        self.like: dict[str, list[Attribution]] = {}
-        from ..metric import create_metric
-        self.metrics = [(s, create_metric(s.name, **s.params)) for s in self.study.metrics]
+        self.first_maps: dict[str, list[Attribution]] = {}
 
     def batches_of(self, spec: Spec) -> list[Batch]:
         if spec.label not in self.batches:
-            self.batches[spec.label] = make_batches(self.study, spec)
+            self.batches[spec.label] = list(build_dataset(self.study, spec))
             self._warm_up(self.batches[spec.label][0])
         return self.batches[spec.label]
 
@@ -149,111 +138,155 @@ class _JobState:
         try:
             with torch.no_grad():
                 self.model(batch.inputs)
-        except Exception as exc:  # the explainers will call the model their own way
+        except Exception as exc:  # the explainers call the model their own way; only timing is affected
             warnings.warn(f"runner: warm-up forward of {type(self.model).__name__} failed ({exc}); "
                           "the first explainer's seconds include set-up", stacklevel=2)
 
-    def like_of(self, cell: Cell, i: int, batch: Batch) -> Attribution:
-        """The first real explainer's attribution of batch i (recomputed if not cached)."""
-        cached = self.like.get(cell.dataset.label)
-        if cached is not None and i < len(cached):
-            return cached[i]
-        from .. import create_explainer
-        first = self.study.explainers[0]
-        return create_explainer(first.name, self.model, **first.params).explain_batch(batch, _target(self.study, batch, cell))
+    def target(self, cell: Cell, batch: Batch) -> Tensor | None:
+        if self.study.target == "predicted":
+            return None
+        if batch.targets is None:
+            raise CellError(f"cell {cell.key}: target = 'label' but dataset {cell.dataset.label!r} has no targets; "
+                            "set target = \"predicted\" in the study")
+        return batch.targets
+
+    def explainer(self, spec: Spec) -> Explainer:
+        return EXPLAINERS.get(spec.name)(self.model, **spec.params)
+
+    def shapes_for_baselines(self, cell: Cell) -> list[Attribution]:
+        """The first explainer's attributions of every batch of the cell's dataset (cached; recomputed
+        when its cell ran in an earlier, resumed run)."""
+        label = cell.dataset.label
+        if label not in self.first_maps:
+            ex = self.explainer(self.study.explainers[0])
+            self.first_maps[label] = [ex.explain_batch(b, self.target(cell, b)) for b in self.batches_of(cell.dataset)]
+        return self.first_maps[label]
 
 
-def execute_job(ctx: RunContext, job: Job, on_batch: BatchCallback) -> Iterator[CellResult]:
-    """Run the cells of one job, yielding each cell's result as soon as it is complete.
+class _Rows:
+    """Accumulates the rows, skips and example maps of one cell."""
 
-    Raises:
-        CellError: a cell failed (the message names the cell and the cause).
-    """
-    state = _JobState(ctx, job)
-    for cell in job.cells:
-        try:
-            yield run_cell(state, cell, on_batch)
-        except CellError:
-            raise
-        except Exception as exc:
-            raise CellError(f"cell {cell.key} failed: {type(exc).__name__}: {exc}") from exc
+    def __init__(self, state: JobState, cell: Cell) -> None:
+        self.state, self.cell = state, cell
+        self.per_metric: dict[str, list[dict[str, Any]]] = {s.label: [] for s, _ in state.metrics}
+        self.skipped: dict[str, str] = {}
+        self.examples: dict[str, Any] | None = None
+        self.start = 0
 
-
-def run_cell(state: _JobState, cell: Cell, on_batch: BatchCallback) -> CellResult:
-    """Explain every batch of a cell, score every metric, and build the cell's rows."""
-    from .. import create_explainer
-    from ..baselines import BASELINES
-
-    t_cell = time.perf_counter()
-    study, ctx = cell.study, state.ctx
-    seed_everything(cell_seed(ctx.seed, cell.key))
-    batches = state.batches_of(cell.dataset)
-    # the first explainer's maps give the baselines their kind and shape (kept only if baselines follow)
-    is_first = bool(study.baselines) and cell.baseline is None and cell.explainer.label == study.explainers[0].label
-    if cell.baseline is None:
-        explainer = create_explainer(cell.explainer.name, state.model, **cell.explainer.params)
-        ex_params = _json(explainer.get_params())
-    else:
-        base_fn = BASELINES.get(cell.baseline)
-    per_metric: dict[str, list[dict[str, Any]]] = {s.label: [] for s, _ in state.metrics}
-    skipped: dict[str, str] = {}
-    examples = None
-    likes: list[Attribution] = []
-    start = 0
-    for i, batch in enumerate(batches):
-        target = _target(study, batch, cell)
-        like = state.like_of(cell, i, batch) if cell.baseline is not None else None
-        t0 = time.perf_counter()
-        attr = explainer.explain_batch(batch, target) if like is None else base_fn(like, batch, ctx.seed)
-        dt = time.perf_counter() - t0
-        if is_first:
-            likes.append(attr)
-        if attr is None:  # a baseline that does not apply to this kind
-            skipped.update({s.label: f"baseline {cell.baseline!r} does not apply to this attribution kind"
-                            for s, _ in state.metrics})
-            on_batch(cell.key, i + 1, len(batches))
-            break
+    def add(self, attr: Attribution, batch: Batch, seconds: float, params: str) -> None:
+        cell, ctx, study = self.cell, self.state.ctx, self.cell.study
         if not isinstance(attr, Attribution) or attr.batch_size != len(batch):
             raise CellError(f"cell {cell.key}: explainer returned {type(attr).__name__} with "
                             f"{getattr(attr, 'batch_size', '?')} samples for a batch of {len(batch)}")
-        if cell.baseline is not None:
-            ex_params = _json(attr.params)
-        if examples is None:
-            examples = examples_of(cell, attr, batch)
-        per_sample = dt / len(batch)
-        ids = batch.ids or [str(start + j) for j in range(len(batch))]
-        for spec, metric in state.metrics:
-            why = _not_applicable(metric, attr, batch)
+        if self.examples is None:
+            self.examples = examples_of(cell, attr, batch)
+        per_sample = seconds / len(batch)
+        ids = batch.ids or [str(self.start + j) for j in range(len(batch))]
+        for spec, metric in self.state.metrics:
+            why = not_applicable(metric, attr, batch)
             if why:
-                skipped.setdefault(spec.label, why)
+                self.skipped.setdefault(spec.label, why)
                 continue
-            res = metric.evaluate(attr, batch, model=state.model)
-            scores = res.scores.tolist()
-            for j, sc in enumerate(scores):
+            res = metric.evaluate(attr, batch, model=self.state.model)
+            for j, sc in enumerate(res.scores.tolist()):
                 nan = sc is None or math.isnan(sc)
-                per_metric[spec.label].append({
+                self.per_metric[spec.label].append({
                     "run": ctx.run, "study": study.name, "dataset": cell.dataset.label, "model": cell.model.label,
                     "explainer": cell.explainer.label, "explainer_key": cell.explainer.name,
-                    "metric": spec.label, "metric_key": spec.name, "sample_index": start + j,
+                    "metric": spec.label, "metric_key": spec.name, "sample_index": self.start + j,
                     "sample_id": str(ids[j]), "score": None if nan else float(sc),
                     "undefined_reason": (res.reasons[j] or "undefined") if nan else None,
-                    "seconds": per_sample, "protocol": _json(metric.protocol), "explainer_params": ex_params,
-                    "direction": metric.info.direction, "category": metric.info.category,
+                    "seconds": per_sample, "protocol": _json(metric.protocol), "explainer_params": params,
+                    "direction": str(metric.info.direction), "category": metric.info.category,
                     "is_baseline": int(cell.baseline is not None), "seed": study.seed, "config_hash": ctx.config_hash,
                 })
-        start += len(batch)
+        self.start += len(batch)
+
+    def skip_all(self, reason: str) -> None:
+        self.skipped.update({s.label: reason for s, _ in self.state.metrics})
+
+    def result(self, t_cell: float) -> CellResult:
+        cell = self.cell
+        rows = [r for s, _ in self.state.metrics for r in self.per_metric[s.label]]
+        skips = [{"metric": s.label, "metric_key": s.name, "reason": self.skipped[s.label]}
+                 for s, _ in self.state.metrics if s.label in self.skipped]
+        return CellResult(key=cell.key, index=cell.index, study=cell.study.name, dataset=cell.dataset.label,
+                          model=cell.model.label, explainer=cell.explainer.label, is_baseline=cell.baseline is not None,
+                          rows=rows, skipped=skips, seconds=time.perf_counter() - t_cell, examples=self.examples,
+                          spec_hash=cell.spec_hash, data_fp=cell.data_fp)
+
+
+def run_explainer_cell(state: JobState, cell: Cell, on_batch: BatchCallback) -> CellResult:
+    """Explain every batch of a cell with its explainer, score every metric, build the rows."""
+    t_cell = time.perf_counter()
+    seed_everything(cell_seed(state.ctx.seed, cell.key))
+    batches = state.batches_of(cell.dataset)
+    explainer = state.explainer(cell.explainer)
+    params = _json(explainer.settings.record())
+    is_first = cell.explainer.label == cell.study.explainers[0].label and bool(cell.study.baselines)
+    rows, maps = _Rows(state, cell), []
+    for i, batch in enumerate(batches):
+        t0 = time.perf_counter()
+        attr = explainer.explain_batch(batch, state.target(cell, batch))
+        rows.add(attr, batch, time.perf_counter() - t0, params)
+        maps.append(attr)
         on_batch(cell.key, i + 1, len(batches))
     if is_first:
-        state.like[cell.dataset.label] = likes
-    rows = [r for s, _ in state.metrics for r in per_metric[s.label]]
-    skips = [{"metric": s.label, "metric_key": s.name, "reason": skipped[s.label]}
-             for s, _ in state.metrics if s.label in skipped]
-    return CellResult(key=cell.key, index=cell.index, study=study.name, dataset=cell.dataset.label,
+        state.first_maps[cell.dataset.label] = maps
+    return rows.result(t_cell)
+
+
+def run_baseline_cell(state: JobState, cell: Cell, on_batch: BatchCallback) -> CellResult:
+    """Score a baseline (random, centre prior, ...) shaped like the study's first explainer's maps."""
+    assert cell.baseline is not None
+    t_cell = time.perf_counter()
+    seed_everything(cell_seed(state.ctx.seed, cell.key))
+    batches = state.batches_of(cell.dataset)
+    shapes = state.shapes_for_baselines(cell)
+    fn = BASELINES.get(cell.baseline.name)
+    rows = _Rows(state, cell)
+    for i, (batch, like) in enumerate(zip(batches, shapes)):
+        t0 = time.perf_counter()
+        attr = fn(like, batch, state.ctx.seed, **cell.baseline.params)
+        if attr is None:
+            rows.skip_all(f"baseline {cell.baseline.name!r} does not apply to {like.kind!r} attributions")
+            on_batch(cell.key, len(batches), len(batches))
+            break
+        rows.add(attr, batch, time.perf_counter() - t0, _json(attr.params))
+        on_batch(cell.key, i + 1, len(batches))
+    return rows.result(t_cell)
+
+
+def failed_cell(cell: Cell, exc: BaseException, ctx: RunContext, t_cell: float) -> CellResult:
+    """The result of a cell that raised: no rows, the reason recorded (and retried on resume)."""
+    tb = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+    return CellResult(key=cell.key, index=cell.index, study=cell.study.name, dataset=cell.dataset.label,
                       model=cell.model.label, explainer=cell.explainer.label, is_baseline=cell.baseline is not None,
-                      rows=rows, skipped=skips, seconds=time.perf_counter() - t_cell, examples=examples)
+                      seconds=time.perf_counter() - t_cell, spec_hash=cell.spec_hash, data_fp=cell.data_fp,
+                      error=tb)
 
 
-def _not_applicable(metric: Any, attr: Attribution, batch: Batch) -> str | None:
+def execute_job(ctx: RunContext, job: Job, on_batch: BatchCallback) -> Iterator[CellResult]:
+    """Run the cells of one job, yielding each cell's result (done or failed) as soon as it is complete."""
+    t0 = time.perf_counter()
+    try:
+        state = JobState(ctx, job)
+    except Exception as exc:  # the model could not be built: every cell of the job fails with that reason
+        for cell in job.cells:
+            yield failed_cell(cell, exc, ctx, t0)
+        return
+    for cell in job.cells:
+        t_cell = time.perf_counter()
+        try:
+            if cell.baseline is None:
+                yield run_explainer_cell(state, cell, on_batch)
+            else:
+                yield run_baseline_cell(state, cell, on_batch)
+        except Exception as exc:  # recorded as a failed cell; the grid goes on
+            yield failed_cell(cell, exc, ctx, t_cell)
+
+
+def not_applicable(metric: Metric, attr: Attribution, batch: Batch) -> str | None:
     """Why a metric cannot score this attribution/batch, or None."""
     info = metric.info
     if attr.kind not in info.kinds:
