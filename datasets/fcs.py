@@ -25,6 +25,8 @@ import numpy as np
 import torch
 
 from xaibench import SampleDataset, register_dataset
+from xaibench.data import files_fingerprint
+from xaibench.errors import DataError
 
 from .fcm_synthetic import MARKERS
 
@@ -122,7 +124,12 @@ def read_fcs(path: str | Path, *, markers: Sequence[str] | None = None, transfor
 
     if transform not in ("arcsinh", "logicle", "none"):
         raise ValueError(f"read_fcs: transform must be 'arcsinh', 'logicle' or 'none', got {transform!r}")
-    fd = flowio.FlowData(str(path))
+    try:
+        fd = flowio.FlowData(str(path))
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such FCS file") from None
+    except Exception as exc:  # flowio raises plain ValueErrors/struct errors on bad headers
+        raise DataError(f"{path}: not a readable FCS file ({type(exc).__name__}: {exc})") from None
     x = np.asarray(fd.as_array(preprocess=True), dtype=np.float64)
     pnn, pns = list(fd.pnn_labels), list(fd.pns_labels)
     names = [canonical_marker(a, b) for a, b in zip(pnn, pns)]
@@ -227,6 +234,11 @@ class FCSFolder(SampleDataset):
         if not self.files:
             raise ValueError(f"fcs_folder: no files match {self.params['pattern']!r} in {self.params['path']}")
         self.n = min(self.n, len(self.files))
+
+    def fingerprint(self) -> str:
+        """Names, sizes and mtimes of the FCS files read and their label CSVs."""
+        used = self.files[: self.n]
+        return files_fingerprint([*used, *(f.with_suffix(".csv") for f in used)])
 
     def make_sample(self, rng: np.random.Generator, index: int) -> dict[str, Any]:
         p = self.params

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from xaibench import SampleDataset, register_dataset
+from xaibench.data import files_fingerprint
 
 from ._image_tools import box_of
 
@@ -101,6 +102,14 @@ class ImageFolder(SampleDataset):
         if n is not None and not 1 <= int(n) <= total:
             raise ValueError(f"image_folder: n must lie in [1, {total}] ({total} images under {self.images_dir}), got {n}")
         self.n = total if n is None else int(n)
+
+    def fingerprint(self) -> str:
+        """Names, sizes and mtimes of every file read: images, masks, the labels CSV, the boxes JSON."""
+        extra = [p for p in (self.root / "labels.csv", self.root / "annotations.json",
+                             Path(self.params["labels"]) if self.params["labels"] else None,
+                             Path(self.params["boxes"]) if self.params["boxes"] else None) if p is not None]
+        masks = sorted(self.masks_dir.rglob("*")) if self.masks_dir is not None else []
+        return files_fingerprint([*self.files[: self.n], *masks, *extra])
 
     # ------------------------------------------------------------------ indexing
     def _rel(self, path: Path) -> str:

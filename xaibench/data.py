@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Callable, ClassVar, Iterator
+from pathlib import Path
+from typing import Any, Callable, ClassVar, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -47,6 +48,22 @@ def list_datasets(pattern: str | None = None) -> list[str]:
 
 def list_models(pattern: str | None = None) -> list[str]:
     return MODELS.names(pattern)
+
+
+def files_fingerprint(paths: Iterable[str | Path]) -> str:
+    """A digest of files' names, sizes and modification times: what a dataset read from disk.
+
+    The runner stores it with every cell, so resuming after the files changed is refused
+    instead of mixing scores of old and new data. Missing files count too.
+    """
+    h = hashlib.sha256()
+    for p in sorted(Path(x) for x in paths):
+        try:
+            st = p.stat()
+            h.update(f"{p}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+        except FileNotFoundError:
+            h.update(f"{p}|missing\n".encode())
+    return h.hexdigest()[:16]
 
 
 def sample_rng(*keys: Any) -> np.random.Generator:

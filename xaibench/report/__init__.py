@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,16 +23,7 @@ from ..util import atomic_write_bytes, atomic_write_text
 from .figures import run_figures
 from .html import render_html
 from .markdown import render_markdown
-
-
-@dataclass
-class Report:
-    """What the renderers draw: the run's data, paired comparisons, figures and figure errors."""
-
-    data: RunData
-    paired: pd.DataFrame
-    figures: list[tuple[str, str, Path]] = field(default_factory=list)
-    errors: list[tuple[str, str]] = field(default_factory=list)
+from .parts import Report
 
 
 def _steps(quiet: bool, total: int) -> Any:

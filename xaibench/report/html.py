@@ -9,8 +9,7 @@ from typing import Any
 
 import pandas as pd
 
-from typing import TYPE_CHECKING
-
+from .parts import Report
 from .tables import (ComparisonTable, comparison_tables, counts_table, fmt, protocol_text, protocols,
                      seconds_table)
 
@@ -45,10 +44,6 @@ LEGEND = ("<b>bold / green</b> = best in the row for that metric (its better dir
 
 
 KEY_COLUMNS = {"study", "dataset", "model", "explainer", "metric", "baseline"}
-
-if TYPE_CHECKING:
-    from . import Report
-
 
 def e(x: Any) -> str:
     return html.escape(str(x))
@@ -91,7 +86,7 @@ def img_tag(path: Path, alt: str) -> str:
     return f"<img alt='{e(alt)}' src='data:image/png;base64,{data}'>"
 
 
-def render_html(report: "Report") -> str:
+def render_html(report: Report) -> str:
     """The whole self-contained HTML report as a string."""
     d = report.data
     run_dir, meta, summary, skipped, cells = d.run_dir, d.meta, d.summary, d.skipped, d.cells

@@ -8,18 +8,13 @@ from typing import Any
 
 import pandas as pd
 
-from typing import TYPE_CHECKING
-
+from .parts import Report
 from .tables import (ComparisonTable, comparison_tables, counts_table, fmt, protocol_text, protocols,
                      seconds_table)
 
 LEGEND = ("**bold** = best in the row for that metric (ties share it), <u>underlined</u> = second; "
           "† = a method that does not beat the best baseline (random or centre prior) on that metric. "
           "Cells: mean [95% bootstrap CI].")
-
-if TYPE_CHECKING:
-    from . import Report
-
 
 def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:
     esc = lambda s: str(s).replace("|", "\\|")  # noqa: E731
@@ -46,7 +41,7 @@ def comparison_md(t: ComparisonTable) -> list[str]:
     return _md_table(header, rows)
 
 
-def render_markdown(report: "Report") -> str:
+def render_markdown(report: Report) -> str:
     """The whole markdown report as a string."""
     d = report.data
     run_dir, meta, summary, skipped, cells = d.run_dir, d.meta, d.summary, d.skipped, d.cells
