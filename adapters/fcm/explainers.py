@@ -17,9 +17,11 @@ transformers, 2023; Smilkov et al., SmoothGrad, 2017.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any, Literal
 
+import numpy as np
 import torch
+from pydantic import Field, PlainSerializer, field_validator
 from torch import Tensor, nn
 
 from xaibench import Batch, register_explainer
@@ -28,9 +30,22 @@ from xaibench.types import Attribution
 
 from .model import check_event_tensor
 
+#: A selection / query rule by name (``"positives"`` is an alias of ``"positive"``).
+Rule = Literal["all", "predicted_positive", "positive", "positives", "false_negative", "true_positive"]
 #: selection / query rules and whether they need per-event labels
-RULES = {"all": False, "predicted_positive": False, "positive": True, "positives": True,
+RULES: dict[Rule, bool] = {"all": False, "predicted_positive": False, "positive": True, "positives": True,
          "false_negative": True, "true_positive": True}
+
+
+def _short(v: Any) -> Any:
+    """A tensor or array setting as a short JSON string for protocols (``"Tensor(2, 300) torch.bool"``)."""
+    if isinstance(v, (Tensor, np.ndarray)):
+        return f"{type(v).__name__}{tuple(v.shape)} {v.dtype}"
+    return v
+
+
+#: A rule name, a (B, N) bool mask or a (B, k) index tensor; tensors are recorded by shape and dtype.
+Selection = Annotated[Rule | Tensor, PlainSerializer(_short, when_used="json")]
 
 
 def check_events(model: nn.Module, inputs: Any, who: str) -> None:
@@ -116,12 +131,6 @@ class EventGradient(EventExplainer):
 class ClassGradient(EventGradient):
     """Event gradients of a classification (eq. 2): ∂(Σ_i∈S out_i)/∂E, a vector per event.
 
-    Settings:
-        selection: which events' outputs are summed: ``"predicted_positive"`` (default: events
-            predicted as the target class), ``"false_negative"``, ``"true_positive"``,
-            ``"positive"`` (labelled), ``"all"``, or a (B, N) bool mask.
-        output: ``"logit"`` (default) or ``"probability"`` of the target class.
-
     Returns an ``event_vector`` Attribution (B, N, m): raw gradients (the direction in marker
     space that most increases the selected outputs). ``extras``: ``selection`` (B, N) bool,
     ``predicted`` (B, N) bool, ``target`` (B,) (and from ``explain_batch`` ``labels``, ``markers``).
@@ -131,13 +140,17 @@ class ClassGradient(EventGradient):
         >>> attr = xaibench.create_explainer("fcm.gradient", model, selection="false_negative").explain_batch(batch)
     """
 
-    defaults: dict[str, Any] = {"selection": "predicted_positive", "output": "logit"}
+    class Settings(EventGradient.Settings):
+        selection: Selection = "predicted_positive"
+        """Which events' outputs are summed: ``"predicted_positive"`` (events predicted as the
+        target class), ``"false_negative"``, ``"true_positive"``, ``"positive"`` (labelled;
+        alias ``"positives"``), ``"all"``, a (B, N) bool mask or a (B, k) index tensor."""
+        output: Literal["logit", "probability"] = "logit"
+        """Which per-event output of the target class is differentiated."""
 
     def outputs(self, logits: Tensor, t: Tensor) -> Tensor:
         """(B, N) per-event output of class t from (B, N, C) logits."""
-        if self.params["output"] not in ("logit", "probability"):
-            raise ValueError(f"{self.name}: output must be 'logit' or 'probability', got {self.params['output']!r}")
-        if self.params["output"] == "probability":
+        if self.settings.output == "probability":
             logits = logits.softmax(-1)
         return logits.gather(-1, t.view(-1, 1, 1).expand(*logits.shape[:2], 1))[..., 0]
 
@@ -162,7 +175,7 @@ class ClassGradient(EventGradient):
     def _explain(self, inputs: Tensor, target: Target, labels: Tensor | None) -> Attribution:
         check_events(self.model, inputs, self.name)
         t = class_targets(target, inputs.shape[0])
-        g, sel, pred = self.gradient(inputs, t, self.params["selection"], labels)
+        g, sel, pred = self.gradient(inputs, t, self.settings.selection, labels)
         extras = {"selection": sel, "predicted": pred, "target": t}
         return self._attribution(g, **extras)
 
@@ -171,29 +184,37 @@ class ClassGradient(EventGradient):
 class SmoothGradient(ClassGradient):
     """SmoothGrad of event gradients (paper appendix 7.1): the mean gradient over noisy copies.
 
-    Settings (beyond ``fcm.gradient``'s):
-        n_samples: number of noisy copies (default 10).
-        noise: (low, high) of the uniform noise added to every marker (default (0, 0.1)).
-        seed: noise seed. Copy k's noise depends only on (seed, k) and the events' shape, so a
-            sample gets the same noise alone or in a batch.
-
-    The selection is fixed from the clean events' predictions and used for every copy.
+    Copy k's noise depends only on (seed, k) and the events' shape, so a sample gets the same
+    noise alone or in a batch. The selection is fixed from the clean events' predictions and
+    used for every copy.
     """
 
-    defaults: dict[str, Any] = {**ClassGradient.defaults, "n_samples": 10, "noise": (0.0, 0.1), "seed": 0}
+    class Settings(ClassGradient.Settings):
+        n_samples: Annotated[int, Field(ge=1)] = 10
+        """Number of noisy copies."""
+        noise: tuple[float, float] = (0.0, 0.1)
+        """(low, high) of the uniform noise added to every marker."""
+        seed: int = 0
+        """Noise seed."""
+
+        @field_validator("noise")
+        @classmethod
+        def _low_high(cls, v: tuple[float, float]) -> tuple[float, float]:
+            if v[1] < v[0]:
+                raise ValueError("noise must be (low, high) with low <= high")
+            return v
 
     def _explain(self, inputs: Tensor, target: Target, labels: Tensor | None) -> Attribution:
         check_events(self.model, inputs, self.name)
-        n, (lo, hi) = int(self.params["n_samples"]), self.params["noise"]
-        if n < 1 or hi < lo:
-            raise ValueError(f"{self.name}: need n_samples >= 1 and noise (low, high) with low <= high, got {n}, {(lo, hi)}")
+        s = self.settings
+        n, (lo, hi) = s.n_samples, s.noise
         t = class_targets(target, inputs.shape[0])
         with model_guard(self.model), torch.no_grad():
             predicted = self.logits(inputs).argmax(-1) == t[:, None]
-        sel = select_events(self.params["selection"], predicted, labels, self.name)
+        sel = select_events(s.selection, predicted, labels, self.name)
         total = torch.zeros_like(inputs)
         for k in range(n):
-            g = torch.Generator().manual_seed(int(self.params["seed"]) * 100003 + k)
+            g = torch.Generator().manual_seed(s.seed * 100003 + k)
             noise = lo + (hi - lo) * torch.rand((1, *inputs.shape[1:]), generator=g, dtype=inputs.dtype)
             total += self.gradient(inputs + noise, t, sel, labels)[0]
         extras = {"selection": sel, "predicted": predicted, "target": t}
@@ -209,22 +230,22 @@ class PolygonGradient(EventGradient):
     ``shift``, a model that ties the gate to its events shows large gradients inside P that
     point against the translation (the events move with the gate).
 
-    Settings:
-        gate: index or name of the gate (default 0).
-        shift: (dx, dy) translation of the predicted polygon giving Q, in the gate's
-            marker units (default (0.5, 0.0)).
-        query: optional explicit query polygons (B, V, 2) instead of a shift.
-
     Returns an ``event_vector`` Attribution (B, N, m), raw gradients. ``extras``: ``polygon``
     (B, V, 2) predicted, ``query`` (B, V, 2), ``dims`` (x, y) marker indices, ``gate``,
     ``shift`` (and from ``explain_batch`` ``labels``, ``markers``).
     """
 
-    defaults: dict[str, Any] = {"gate": 0, "shift": (0.5, 0.0), "query": None}
+    class Settings(EventGradient.Settings):
+        gate: int | str = 0
+        """The gate: its index (negative from the end) or its name in the model's ``gate_names``."""
+        shift: tuple[float, float] = (0.5, 0.0)
+        """(dx, dy) translation of the predicted polygon giving Q, in the gate's marker units."""
+        query: Annotated[Tensor | np.ndarray | list | tuple | None, PlainSerializer(_short, when_used="json")] = None
+        """Explicit query polygons (B, V, 2) instead of a shift; None uses ``shift``."""
 
     def gate_index(self) -> int:
         names = list(getattr(self.model, "gate_names", []))
-        gate = self.params["gate"]
+        gate = self.settings.gate
         if isinstance(gate, str):
             if gate not in names:
                 raise ValueError(f"{self.name}: unknown gate {gate!r}; the model's gates are {names}")
@@ -244,18 +265,18 @@ class PolygonGradient(EventGradient):
                 raise ValueError(f"{self.name}: the model must return polygons (B, P, V, 2), got {tuple(polys.shape)}; "
                                  "build it with task='polygon'")
             pred = polys[:, gi]
-            if self.params["query"] is not None:
-                q = torch.as_tensor(self.params["query"], dtype=pred.dtype)
+            if self.settings.query is not None:
+                q = torch.as_tensor(self.settings.query, dtype=pred.dtype)
                 if q.shape != pred.shape:
                     raise ValueError(f"{self.name}: query must be (B, V, 2) = {tuple(pred.shape)}, got {tuple(q.shape)}")
             else:
-                q = pred.detach() + torch.as_tensor(self.params["shift"], dtype=pred.dtype)
+                q = pred.detach() + torch.as_tensor(self.settings.shift, dtype=pred.dtype)
             dist = (pred - q).norm(dim=-1).sum()
             (g,) = torch.autograd.grad(dist, x)
         dims = tuple(self.model.gate_dims[gi]) if getattr(self.model, "gate_dims", None) else (0, 1)
         extras: dict[str, Any] = {"polygon": pred.detach(), "query": q.detach(), "dims": dims,
                                   "gate": self.model.gate_names[gi] if hasattr(self.model, "gate_names") else str(gi),
-                                  "shift": tuple(float(s) for s in self.params["shift"])}
+                                  "shift": tuple(float(s) for s in self.settings.shift)}
         return self._attribution(g, **extras)
 
 
@@ -283,32 +304,35 @@ def attention_received(phi_q: Tensor, phi_k: Tensor, heads: int, eps: float = 1e
 class HeadAttention(EventExplainer):
     """Per-head attention that events receive from a query sub-population (paper, sec. 2.2).
 
-    Settings:
-        layer: the layer whose attention is read (default -1, the last).
-        queries: the query events: ``"positives"`` (labelled blasts, default), ``"predicted_positive"``,
-            ``"all"``, a (B, N) bool mask or a (B, k) index tensor.
-        n_queries: at most this many queries per sample, sampled without replacement with
-            ``seed`` (default 1000, as the paper; None keeps all).
-        seed: sampling seed (per sample: a sample's queries do not depend on the batch).
-
     Returns an ``event_head`` Attribution (B, heads, N): Σ over queries of the row-normalised
     A_viz = ReLU(Q̌)ReLU(K)ᵀ, so each head sums to the number of queries. ``extras``:
     ``queries`` (B, N) bool, ``layer`` (and from ``explain_batch`` ``labels``, ``markers``).
     """
 
     kind = "event_head"
-    defaults: dict[str, Any] = {"layer": -1, "queries": "positives", "n_queries": 1000, "seed": 0}
+
+    class Settings(EventExplainer.Settings):
+        layer: int = -1
+        """The layer whose attention is read (an index, negative from the end; -1 = the last)."""
+        queries: Selection = "positives"
+        """The query events: ``"positives"`` (labelled blasts), ``"predicted_positive"``, ``"all"``
+        (or another selection rule), a (B, N) bool mask or a (B, k) index tensor."""
+        n_queries: Annotated[int, Field(ge=1)] | None = 1000
+        """At most this many queries per sample, sampled without replacement with ``seed``
+        (1000, as the paper); None keeps all."""
+        seed: int = 0
+        """Query sampling seed (per sample: a sample's queries do not depend on the batch)."""
 
     def sample_queries(self, mask: Tensor) -> Tensor:
         """Keep at most ``n_queries`` of each sample's (B, N) query mask, seeded per sample."""
-        k = self.params["n_queries"]
+        k = self.settings.n_queries
         if k is None:
             return mask
         out = torch.zeros_like(mask)
         for i in range(mask.shape[0]):
             idx = torch.nonzero(mask[i]).flatten()
             if len(idx) > k:
-                g = torch.Generator().manual_seed(int(self.params["seed"]))
+                g = torch.Generator().manual_seed(self.settings.seed)
                 idx = idx[torch.randperm(len(idx), generator=g)[:k]]
             out[i, idx] = True
         return out
@@ -320,13 +344,13 @@ class HeadAttention(EventExplainer):
         if layers is None or not hasattr(model, "hidden"):
             raise ValueError(f"{self.name}: needs a ReluFormer-like model (hidden(), layers); got {type(model).__name__}")
         n_layers = len(layers)
-        li = int(self.params["layer"])
+        li = self.settings.layer
         if not -n_layers <= li < n_layers:
             raise ValueError(f"{self.name}: layer {li} out of range for a model with {n_layers} layers")
         li %= n_layers
         layer = layers[li]
         with model_guard(model), torch.no_grad():
-            rule = self.params["queries"]
+            rule = self.settings.queries
             predicted = None
             if rule == "predicted_positive":
                 predicted = model(inputs).argmax(-1) == class_targets(target, inputs.shape[0])[:, None]
