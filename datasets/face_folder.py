@@ -24,10 +24,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import torch
+from pydantic import Field
 
 from xaibench import Batch, register_dataset
 
@@ -54,21 +55,21 @@ def read_landmarks(path: Path) -> np.ndarray:
 class FaceFolder(ImageFolder):
     """Face images with class folders, optional masks and optional landmarks.
 
-    Settings (beyond ``image_folder``'s):
-        landmarks: folder of landmark files (default ``root/landmarks`` when it exists).
-        landmark_radius: radius in pixels of the disks that make a mask from the landmarks
-            when an image has no mask file (0 = off).
-
     Yields what ``image_folder`` yields, plus ``meta["landmarks"]`` (B, K, 2) in resized
     pixels when landmark files exist (every image needs one, all with the same K).
     """
 
-    defaults: dict[str, Any] = {**ImageFolder.defaults, "landmarks": None, "landmark_radius": 0.0}
+    class Settings(ImageFolder.Settings):
+        landmarks: str | Path | None = None
+        """Folder of landmark files; None = ``root/landmarks`` when it exists."""
+        landmark_radius: Annotated[float, Field(ge=0)] = 0.0
+        """Radius in pixels of the disks that make a mask from the landmarks when an image has
+        no mask file (0 = off)."""
 
     def __init__(self, n: int | None = None, batch_size: int = 16, seed: int = 0, split: str = "test", **params: Any):
-        radius = float(params.get("landmark_radius", 0.0) or 0.0)
         super().__init__(n=n, batch_size=batch_size, seed=seed, split=split, **params)
-        lm = self.params["landmarks"]
+        radius = self.settings.landmark_radius
+        lm = self.settings.landmarks
         folder = Path(lm) if lm else self.root / "landmarks"
         self.landmarks_dir = folder if folder.is_dir() else None
         if lm and self.landmarks_dir is None:

@@ -31,10 +31,11 @@ from __future__ import annotations
 
 import colorsys
 import math
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import torch
+from pydantic import Field, model_validator
 
 from torch import Tensor
 
@@ -51,6 +52,9 @@ SYNDROMES: dict[str, tuple[str, ...]] = {
     "low_set_ears": ("ears",),
     "hypertelorism_broad_bridge": ("eyes", "nasal_bridge"),
 }
+#: A syndrome name (a key of :data:`SYNDROMES`).
+Syndrome = Literal["control", "hypertelorism", "long_philtrum", "broad_nasal_bridge", "low_set_ears",
+                   "hypertelorism_broad_bridge"]
 DEFAULT_CLASSES = ("control", "hypertelorism", "long_philtrum", "broad_nasal_bridge", "low_set_ears")
 #: landmark order of ``meta["landmarks"]`` (x, y in pixels; pixel (0, 0) spans [0, 1)²)
 LANDMARKS = ("left_eye", "right_eye", "nose_tip", "mouth", "left_ear", "right_ear")
@@ -219,23 +223,6 @@ def _background(cv: _Canvas, rng: np.random.Generator, clutter: tuple[int, int])
 class Faces(SampleDataset):
     """Synthetic frontal faces of syndrome classes with exact masks of the defining regions.
 
-    Settings:
-        size: image side in pixels (default 64; 64-96 suits CPU models).
-        classes: syndrome names (keys of :data:`SYNDROMES`); the class index is the position.
-        class_counts: None (classes uniformly at random) or one count per class: the samples
-            are laid out in cycles of ``sum(class_counts)`` with exactly these counts per cycle
-            (seeded order), so a train set of that size has exactly these counts. A count of 0
-            leaves a class out (e.g. a test set of one class).
-        shortcut: None, ``"mark"`` (a coloured square in the top-left background) or
-            ``"border"`` (a coloured 2-pixel frame): a non-facial cue whose colour says the class.
-        shortcut_p: when correlated, the probability that the cue's colour is the class's.
-        shortcut_correlated: None = correlated in the train and val splits, random in test.
-        pose: scale of the pose jitter (rotation ±6°, scale ±5%, shift ±2%); 0 gives frontal
-            faces in the same place.
-        zoom: how tightly the image crops the head (1.3: the head fills ~70% of the width, like
-            the face crops a face-analysis pipeline feeds its CNN; 1.0 shows the shoulders).
-        clutter: (min, max) number of background shapes.
-
     Yields :class:`~xaibench.Batch` with ``inputs`` (B, 3, size, size) in [0, 1], ``targets``
     (B,), ``masks`` (B, size, size) bool (the defining regions; empty for control), ``ids``;
     ``meta``: ``shortcut_mask`` (B, size, size) bool, ``landmarks`` (B, 6, 2) float (x, y in
@@ -246,38 +233,50 @@ class Faces(SampleDataset):
         >>> batch = xaibench.create_dataset("faces", n=8, shortcut="mark", split="train").all()
     """
 
-    defaults: dict[str, Any] = {"size": 64, "classes": DEFAULT_CLASSES, "class_counts": None, "shortcut": None,
-                                "shortcut_p": 0.95, "shortcut_correlated": None, "pose": 1.0, "clutter": (2, 6),
-                                "zoom": 1.3}
     REGIONS = ("eyes", "nasal_bridge", "philtrum", "ears")
 
-    def __init__(self, n: int = 64, batch_size: int = 16, seed: int = 0, split: str = "test", **params: Any):
-        super().__init__(n=n, batch_size=batch_size, seed=seed, split=split, **params)
-        p = self.params
-        p["classes"] = tuple(p["classes"])
-        unknown = [c for c in p["classes"] if c not in SYNDROMES]
-        if unknown or not p["classes"]:
-            raise ValueError(f"faces: unknown classes {unknown or p['classes']}; choose from {sorted(SYNDROMES)}")
-        if p["class_counts"] is not None:
-            counts = [int(c) for c in p["class_counts"]]
-            if len(counts) != len(p["classes"]) or min(counts) < 0 or sum(counts) == 0:
-                raise ValueError(f"faces: class_counts must give one count >= 0 per class ({len(p['classes'])}) "
-                                 f"with a positive total, got {p['class_counts']}")
-            p["class_counts"] = tuple(counts)
-        if p["shortcut"] not in (None, "mark", "border"):
-            raise ValueError(f"faces: shortcut must be None, 'mark' or 'border', got {p['shortcut']!r}")
-        if int(p["size"]) < 32:
-            raise ValueError(f"faces: size must be >= 32 pixels, got {p['size']}")
+    class Settings(SampleDataset.Settings):
+        size: Annotated[int, Field(ge=32)] = 64
+        """Image side in pixels (64-96 suits CPU models)."""
+        classes: Annotated[tuple[Syndrome, ...], Field(min_length=1)] = DEFAULT_CLASSES
+        """Syndrome names (keys of :data:`SYNDROMES`); the class index is the position."""
+        class_counts: tuple[Annotated[int, Field(ge=0)], ...] | None = None
+        """None (classes uniformly at random) or one count per class: the samples are laid out in
+        cycles of ``sum(class_counts)`` with exactly these counts per cycle (seeded order), so a
+        train set of that size has exactly these counts. A count of 0 leaves a class out (e.g. a
+        test set of one class)."""
+        shortcut: Literal["mark", "border"] | None = None
+        """None, ``"mark"`` (a coloured square in the top-left background) or ``"border"`` (a
+        coloured 2-pixel frame): a non-facial cue whose colour says the class."""
+        shortcut_p: Annotated[float, Field(ge=0, le=1)] = 0.95
+        """When correlated, the probability that the cue's colour is the class's."""
+        shortcut_correlated: bool | None = None
+        """Whether the cue follows the class; None = correlated in the train and val splits, random in test."""
+        pose: Annotated[float, Field(ge=0)] = 1.0
+        """Scale of the pose jitter (rotation ±6°, scale ±5%, shift ±2%); 0 gives frontal faces in the same place."""
+        clutter: tuple[int, int] = (2, 6)
+        """(min, max) number of background shapes."""
+        zoom: Annotated[float, Field(gt=0)] = 1.3
+        """How tightly the image crops the head (1.3: the head fills ~70% of the width, like the
+        face crops a face-analysis pipeline feeds its CNN; 1.0 shows the shoulders)."""
+
+        @model_validator(mode="after")
+        def _counts_per_class(self) -> "Faces.Settings":
+            c = self.class_counts
+            if c is not None and (len(c) != len(self.classes) or sum(c) == 0):
+                raise ValueError(f"class_counts must give one count >= 0 per class ({len(self.classes)}) "
+                                 f"with a positive total, got {c}")
+            return self
 
     @property
     def correlated(self) -> bool:
-        c = self.params["shortcut_correlated"]
-        return self.split in ("train", "val") if c is None else bool(c)
+        c = self.settings.shortcut_correlated
+        return self.split in ("train", "val") if c is None else c
 
     def class_of(self, rng: np.random.Generator, index: int) -> int:
-        counts = self.params["class_counts"]
+        counts = self.settings.class_counts
         if counts is None:
-            return int(rng.integers(len(self.params["classes"])))
+            return int(rng.integers(len(self.settings.classes)))
         total = sum(counts)
         layout = np.repeat(np.arange(len(counts)), counts)
         cycle_rng = np.random.default_rng([self.seed, sum(map(ord, self.split)), index // total, 7])
@@ -294,17 +293,17 @@ class Faces(SampleDataset):
                                              as_control=True)["inputs"])
 
     def _render(self, rng: np.random.Generator, index: int, as_control: bool) -> dict[str, Any]:
-        p = self.params
-        s, k = int(p["size"]), len(p["classes"])
+        p = self.settings
+        s, k = p.size, len(p.classes)
         cls = self.class_of(rng, index)
-        regions = SYNDROMES[p["classes"][cls]]
-        jit = float(p["pose"])
+        regions = SYNDROMES[p.classes[cls]]
+        jit = float(p.pose)
         cv = _Canvas(s, math.radians(rng.uniform(-6, 6) * jit), 1 + rng.uniform(-0.05, 0.05) * jit,
-                     tuple(rng.uniform(-0.04, 0.04, 2) * jit), float(p["zoom"]))
+                     tuple(rng.uniform(-0.04, 0.04, 2) * jit), float(p.zoom))
         base, draws = _draw_geometry(rng)
         g = _geometry(base, draws, () if as_control else regions)
         twin = _geometry(base, draws, ())
-        _background(cv, rng, p["clutter"])
+        _background(cv, rng, p.clutter)
         bg = cv.img.copy()
         look = int(rng.integers(2**62))  # colours and light: the same for the face and its twin
         _draw_face(cv, np.random.default_rng(look), g)
@@ -323,14 +322,14 @@ class Faces(SampleDataset):
         return {
             "inputs": np.clip(cv.img, 0, 1).transpose(2, 0, 1).astype(np.float32), "targets": cls, "masks": mask,
             "ids": f"faces/{self.split}/{self.seed}/{index}", "shortcut_mask": cue_mask,
-            "landmarks": np.array(lm, dtype=np.float32), "syndrome": p["classes"][cls], "cue_class": cue_class,
+            "landmarks": np.array(lm, dtype=np.float32), "syndrome": p.classes[cls], "cue_class": cue_class,
             "region_masks": np.stack([rm[r] for r in self.REGIONS]),
         }
 
     def _shortcut(self, cv: _Canvas, rng: np.random.Generator, cls: int, k: int) -> tuple[np.ndarray, int]:
-        s, kind = cv.size, self.params["shortcut"]
+        s, kind = cv.size, self.settings.shortcut
         # the draws happen whether or not a cue is drawn, so faces are identical across variants
-        agree = rng.uniform() < float(self.params["shortcut_p"])
+        agree = rng.uniform() < float(self.settings.shortcut_p)
         random_cls = int(rng.integers(k))
         off = rng.integers(1, max(2, s // 16) + 1, 2)
         if kind is None:

@@ -19,10 +19,11 @@ gates of a small hierarchy: singlets (FSC-A/FSC-W) → lymphoid (CD45/SSC-A) →
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import torch
+from pydantic import Field
 
 from xaibench import SampleDataset, register_dataset
 
@@ -99,18 +100,13 @@ def _draw(rng: np.random.Generator, mean: np.ndarray, sd: np.ndarray, n: int) ->
     return x
 
 
+#: a share drawn log-uniformly: positive (its logarithm is taken)
+_Share = Annotated[float, Field(gt=0)]
+
+
 @register_dataset("fcm_ball")
 class SyntheticBALL(SampleDataset):
     """Synthetic pediatric B-ALL bone marrow: (N, m) events with per-event blast labels.
-
-    Settings:
-        n_events: events per sample (default 20,000; real tubes hold 50k–500k).
-        blast_fraction: a float for a fixed share, or (low, high) to draw log-uniformly per
-            sample (default (1e-4, 0.9): MRD 0.01% up to diagnosis).
-        hematogones: (low, high) log-uniform share of hematogones (regenerating marrow).
-        debris, doublets: (low, high) uniform shares.
-        shift_sd: SD of the per-sample fluorescence offsets (instrument / batch effects).
-        include_time: append a TIME channel (acquisition order in [0, 1]).
 
     Yields :class:`~xaibench.Batch`: ``inputs`` (B, N, m) float32, ``instance_labels`` (B, N)
     bool (blast), ``targets`` (B,) = 1 (the blast class, for explainers), ``polygons`` a dict
@@ -124,31 +120,40 @@ class SyntheticBALL(SampleDataset):
         torch.Size([2, 5000, 10])
     """
 
-    defaults: dict[str, Any] = {"n_events": 20000, "blast_fraction": (1e-4, 0.9), "hematogones": (0.003, 0.06),
-                                "debris": (0.01, 0.06), "doublets": (0.01, 0.04), "shift_sd": 0.15,
-                                "include_time": False}
+    class Settings(SampleDataset.Settings):
+        n_events: Annotated[int, Field(ge=10)] = 20000
+        """Events per sample (real tubes hold 50k–500k)."""
+        blast_fraction: Annotated[float, Field(ge=0, lt=1)] | tuple[_Share, _Share] = (1e-4, 0.9)
+        """A fixed share of blasts in [0, 1), or (low, high) to draw it log-uniformly per sample
+        ((1e-4, 0.9): MRD 0.01% up to diagnosis)."""
+        hematogones: tuple[_Share, _Share] = (0.003, 0.06)
+        """(low, high) of the log-uniform share of hematogones (regenerating marrow)."""
+        debris: tuple[float, float] = (0.01, 0.06)
+        """(low, high) of the uniform share of debris."""
+        doublets: tuple[float, float] = (0.01, 0.04)
+        """(low, high) of the uniform share of doublets."""
+        shift_sd: Annotated[float, Field(ge=0)] = 0.15
+        """SD of the per-sample fluorescence offsets (instrument / batch effects)."""
+        include_time: bool = False
+        """Append a TIME channel (acquisition order in [0, 1])."""
 
     @property
     def markers(self) -> tuple[str, ...]:
-        return MARKERS + (("TIME",) if self.params["include_time"] else ())
+        return MARKERS + (("TIME",) if self.settings.include_time else ())
 
     def _fraction(self, rng: np.random.Generator) -> float:
-        f = self.params["blast_fraction"]
+        f = self.settings.blast_fraction
         if isinstance(f, (int, float)):
-            if not 0 <= f < 1:
-                raise ValueError(f"fcm_ball: blast_fraction must lie in [0, 1), got {f}")
             return float(f)
         lo, hi = f
         return float(math.exp(rng.uniform(math.log(lo), math.log(hi))))
 
     def make_sample(self, rng: np.random.Generator, index: int) -> dict[str, Any]:
-        p = self.params
-        n = int(p["n_events"])
-        if n < 10:
-            raise ValueError(f"fcm_ball: n_events must be >= 10, got {n}")
+        p = self.settings
+        n = p.n_events
         frac = self._fraction(rng)
-        shares = {"blast": frac, "debris": rng.uniform(*p["debris"]), "doublet": rng.uniform(*p["doublets"])}
-        h_lo, h_hi = p["hematogones"]
+        shares = {"blast": frac, "debris": rng.uniform(*p.debris), "doublet": rng.uniform(*p.doublets)}
+        h_lo, h_hi = p.hematogones
         hema = math.exp(rng.uniform(math.log(h_lo), math.log(h_hi)))
         normal = {k: v[2] * rng.uniform(0.7, 1.3) for k, v in _POP.items()} | {"hematogone": hema}
         rest = max(0.0, 1 - sum(shares.values()))
@@ -195,7 +200,7 @@ class SyntheticBALL(SampleDataset):
 
         # instrument / batch effects of this sample
         gain = rng.normal(1.0, 0.05, 3)
-        offset = rng.normal(0.0, p["shift_sd"], 7)
+        offset = rng.normal(0.0, p.shift_sd, 7)
         x[:, :3] *= gain
         x[:, 3:] += offset
         x[:, :3] = np.clip(x[:, :3], 0.0, SCATTER_MAX)
@@ -203,7 +208,7 @@ class SyntheticBALL(SampleDataset):
 
         order = rng.permutation(n)
         x, code = x[order], code[order]
-        if p["include_time"]:
+        if p.include_time:
             x = np.concatenate([x, np.sort(rng.random(n))[:, None]], 1)
         labels = code == names.index("blast")
 

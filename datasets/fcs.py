@@ -19,10 +19,11 @@ import importlib.util
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Annotated, Any, Literal, Sequence
 
 import numpy as np
 import torch
+from pydantic import Field
 
 from xaibench import SampleDataset, register_dataset
 from xaibench.data import files_fingerprint
@@ -212,27 +213,34 @@ def export_synthetic(out_dir: str | Path, n: int = 4, seed: int = 0, **params: A
 class FCSFolder(SampleDataset):
     """FCS files of a folder (sorted by name) as event sets, with labels from ``<stem>.csv`` when present.
 
-    Settings:
-        path: the folder (required).
-        pattern: glob of the files (default ``*.fcs``).
-        markers: markers to read, in model order (default the St. Anna B-ALL panel).
-        transform, cofactor, compensate: see :func:`read_fcs`.
-        n_events: subsample this many events per file (seeded; None keeps all, then files in
-            one batch must have equal counts).
-
     Yields :class:`~xaibench.Batch` like ``fcm_ball`` (``instance_labels`` only if every file has labels).
     """
 
-    defaults: dict[str, Any] = {"path": None, "pattern": "*.fcs", "markers": MARKERS, "transform": "arcsinh",
-                                "cofactor": COFACTOR, "compensate": True, "n_events": None}
+    class Settings(SampleDataset.Settings):
+        path: str | Path | None = None
+        """The folder of FCS files. Required."""
+        pattern: str = "*.fcs"
+        """Glob of the files within ``path``."""
+        markers: tuple[str, ...] = MARKERS
+        """Markers to read, in model order (the St. Anna B-ALL panel)."""
+        transform: Literal["arcsinh", "logicle", "none"] = "arcsinh"
+        """Fluorescence transform (see :func:`read_fcs`)."""
+        cofactor: Annotated[float, Field(gt=0)] = COFACTOR
+        """Arcsinh cofactor (150 for this cytometer class)."""
+        compensate: bool = True
+        """Apply each file's spillover matrix."""
+        n_events: Annotated[int, Field(ge=0)] | None = None
+        """Subsample this many events per file (seeded); None (or 0) keeps all, and then files in
+        one batch must have equal counts."""
 
     def __init__(self, n: int = 64, batch_size: int = 16, seed: int = 0, split: str = "test", **params: Any):
         super().__init__(n=n, batch_size=batch_size, seed=seed, split=split, **params)
-        if not self.params["path"]:
+        p = self.settings
+        if not p.path:
             raise ValueError("fcs_folder: set path= to a folder of .fcs files")
-        self.files = sorted(Path(self.params["path"]).glob(self.params["pattern"]))
+        self.files = sorted(Path(p.path).glob(p.pattern))
         if not self.files:
-            raise ValueError(f"fcs_folder: no files match {self.params['pattern']!r} in {self.params['path']}")
+            raise ValueError(f"fcs_folder: no files match {p.pattern!r} in {p.path}")
         self.n = min(self.n, len(self.files))
 
     def fingerprint(self) -> str:
@@ -241,12 +249,12 @@ class FCSFolder(SampleDataset):
         return files_fingerprint([*used, *(f.with_suffix(".csv") for f in used)])
 
     def make_sample(self, rng: np.random.Generator, index: int) -> dict[str, Any]:
-        p = self.params
-        s = read_fcs(self.files[index], markers=p["markers"], transform=p["transform"], cofactor=p["cofactor"],
-                     compensate=p["compensate"])
+        p = self.settings
+        s = read_fcs(self.files[index], markers=p.markers, transform=p.transform, cofactor=p.cofactor,
+                     compensate=p.compensate)
         ev, lab = s.events, s.labels
-        if p["n_events"] and p["n_events"] < len(ev):
-            keep = np.sort(rng.choice(len(ev), int(p["n_events"]), replace=False))
+        if p.n_events and p.n_events < len(ev):
+            keep = np.sort(rng.choice(len(ev), p.n_events, replace=False))
             ev, lab = ev[keep], (lab[keep] if lab is not None else None)
         return {"inputs": ev, "instance_labels": lab, "targets": 1, "ids": self.files[index].name}
 
@@ -259,5 +267,5 @@ class FCSFolder(SampleDataset):
             for s in samples:
                 s["instance_labels"] = None
         batch = super().collate(samples)
-        batch.meta["markers"] = tuple(self.params["markers"])
+        batch.meta["markers"] = self.settings.markers
         return batch

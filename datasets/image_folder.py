@@ -27,10 +27,11 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import torch
+from pydantic import Field
 
 from xaibench import SampleDataset, register_dataset
 from xaibench.data import files_fingerprint
@@ -40,6 +41,9 @@ from ._image_tools import box_of
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 
+_Side = Annotated[int, Field(gt=0)]
+
+
 def _images_under(folder: Path, extensions: tuple[str, ...]) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in extensions)
 
@@ -47,18 +51,6 @@ def _images_under(folder: Path, extensions: tuple[str, ...]) -> list[Path]:
 @register_dataset("image_folder")
 class ImageFolder(SampleDataset):
     """Images from a folder with class labels and optional ground-truth masks / COCO boxes.
-
-    Settings:
-        root: the data folder (see the module docstring for the layouts). Required.
-        size: resize every image (and mask, nearest) to ``size`` (int or (h, w)); None keeps
-            the files' sizes (they must then all be equal to be batched).
-        channels: 3 (RGB) or 1 (grey).
-        classes: class names in label order (default: sorted sub-folder / CSV names).
-        labels: CSV path for the flat layout (default ``root/labels.csv``).
-        boxes: COCO JSON path (default ``root/annotations.json`` when it exists).
-        mean, std: per-channel normalisation after scaling to [0, 1] (default none).
-        missing_masks: ``"error"`` (default) when a masks folder exists but an image has no
-            mask and no box, or ``"empty"`` (an all-False mask; metrics then score NaN).
 
     Args:
         n: number of images (default: all of them, in sorted path order).
@@ -74,24 +66,39 @@ class ImageFolder(SampleDataset):
             unknown images.
     """
 
-    defaults: dict[str, Any] = {"root": None, "size": None, "channels": 3, "classes": None, "labels": None,
-                                "boxes": None, "mean": None, "std": None, "missing_masks": "error"}
+    class Settings(SampleDataset.Settings):
+        root: str | Path | None = None
+        """The data folder (see the module docstring for the layouts). Required."""
+        size: _Side | tuple[_Side, _Side] | None = None
+        """Resize every image (and mask, nearest) to ``size`` (int or (h, w)); None keeps the
+        files' sizes (they must then all be equal to be batched)."""
+        channels: Literal[1, 3] = 3
+        """3 (RGB) or 1 (grey)."""
+        classes: tuple[str, ...] | None = None
+        """Class names in label order; None = the sorted sub-folder / CSV names."""
+        labels: str | Path | None = None
+        """CSV path for the flat layout; None = ``root/labels.csv``."""
+        boxes: str | Path | None = None
+        """COCO JSON path; None = ``root/annotations.json`` when it exists."""
+        mean: float | tuple[float, ...] | None = None
+        """Per-channel mean subtracted after scaling to [0, 1] (one value or one per channel); None = no normalisation."""
+        std: float | tuple[float, ...] | None = None
+        """Per-channel std the images are divided by after subtracting ``mean``; None = 1."""
+        missing_masks: Literal["error", "empty"] = "error"
+        """When a masks folder exists but an image has no mask and no box: ``"error"``, or
+        ``"empty"`` (an all-False mask; metrics then score NaN)."""
 
     def __init__(self, n: int | None = None, batch_size: int = 16, seed: int = 0, split: str = "test", **params: Any):
         super().__init__(n=1, batch_size=batch_size, seed=seed, split=split, **params)
-        p = self.params
-        if p["root"] is None:
+        p = self.settings
+        if p.root is None:
             raise ValueError("image_folder: root= is required (a folder holding images/ and optionally masks/)")
-        root = Path(p["root"]).expanduser()
+        root = Path(p.root).expanduser()
         if (root / split / "images").is_dir():
             root = root / split
         self.root, self.images_dir = root, root / "images"
         if not self.images_dir.is_dir():
             raise ValueError(f"image_folder: expected a folder {self.images_dir} with images (or <class>/ sub-folders); not found")
-        if p["channels"] not in (1, 3):
-            raise ValueError(f"image_folder: channels must be 1 or 3, got {p['channels']!r}")
-        if p["missing_masks"] not in ("error", "empty"):
-            raise ValueError(f"image_folder: missing_masks must be 'error' or 'empty', got {p['missing_masks']!r}")
         self.files = _images_under(self.images_dir, EXTENSIONS)
         if not self.files:
             raise ValueError(f"image_folder: no images ({', '.join(EXTENSIONS)}) under {self.images_dir}")
@@ -106,8 +113,8 @@ class ImageFolder(SampleDataset):
     def fingerprint(self) -> str:
         """Names, sizes and mtimes of every file read: images, masks, the labels CSV, the boxes JSON."""
         extra = [p for p in (self.root / "labels.csv", self.root / "annotations.json",
-                             Path(self.params["labels"]) if self.params["labels"] else None,
-                             Path(self.params["boxes"]) if self.params["boxes"] else None) if p is not None]
+                             Path(self.settings.labels) if self.settings.labels else None,
+                             Path(self.settings.boxes) if self.settings.boxes else None) if p is not None]
         masks = sorted(self.masks_dir.rglob("*")) if self.masks_dir is not None else []
         return files_fingerprint([*self.files[: self.n], *masks, *extra])
 
@@ -116,12 +123,12 @@ class ImageFolder(SampleDataset):
         return path.relative_to(self.images_dir).as_posix()
 
     def _read_labels(self) -> tuple[list[str], list[int]]:
-        p = self.params
+        p = self.settings
         nested = all(len(Path(self._rel(f)).parts) > 1 for f in self.files)
         if nested:
             names = [Path(self._rel(f)).parts[0] for f in self.files]
         else:
-            csv_path = Path(p["labels"]) if p["labels"] else self.root / "labels.csv"
+            csv_path = Path(p.labels) if p.labels else self.root / "labels.csv"
             if not csv_path.exists():
                 raise ValueError(f"image_folder: images lie directly in {self.images_dir} but there is no labels CSV "
                                  f"({csv_path}); add one with columns image,label or use images/<class>/ folders")
@@ -136,7 +143,7 @@ class ImageFolder(SampleDataset):
             if missing:
                 raise ValueError(f"image_folder: {len(missing)} image(s) have no row in {csv_path}, e.g. {missing[:3]}")
             names = [table.get(self._rel(f), table.get(f.stem)) for f in self.files]
-        classes = list(p["classes"]) if p["classes"] else sorted(set(names), key=lambda s: (not s.isdigit(), int(s) if s.isdigit() else 0, s))
+        classes = list(p.classes) if p.classes else sorted(set(names), key=lambda s: (not s.isdigit(), int(s) if s.isdigit() else 0, s))
         index = {c: i for i, c in enumerate(classes)}
         bad = sorted({s for s in names if s not in index and not (s.isdigit() and int(s) < len(classes))})
         if bad:
@@ -144,9 +151,9 @@ class ImageFolder(SampleDataset):
         return classes, [index[s] if s in index else int(s) for s in names]
 
     def _read_boxes(self) -> dict[str, np.ndarray] | None:
-        path = Path(self.params["boxes"]) if self.params["boxes"] else self.root / "annotations.json"
+        path = Path(self.settings.boxes) if self.settings.boxes else self.root / "annotations.json"
         if not path.exists():
-            if self.params["boxes"]:
+            if self.settings.boxes:
                 raise ValueError(f"image_folder: boxes file {path} not found")
             return None
         coco = json.loads(path.read_text())
@@ -176,10 +183,10 @@ class ImageFolder(SampleDataset):
 
     # ------------------------------------------------------------------ samples
     def _size(self, orig: tuple[int, int]) -> tuple[int, int]:
-        s = self.params["size"]
+        s = self.settings.size
         if s is None:
             return orig
-        return (int(s), int(s)) if isinstance(s, (int, float)) else (int(s[0]), int(s[1]))
+        return (s, s) if isinstance(s, int) else (s[0], s[1])
 
     def make_sample(self, rng: np.random.Generator, index: int) -> dict[str, Any]:
         from PIL import Image
@@ -187,14 +194,14 @@ class ImageFolder(SampleDataset):
         f = self.files[index]
         rel = self._rel(f)
         with Image.open(f) as im:
-            img = im.convert("RGB" if self.params["channels"] == 3 else "L")
+            img = im.convert("RGB" if self.settings.channels == 3 else "L")
         w0, h0 = img.size
         h, w = self._size((h0, w0))
         arr = np.asarray(img.resize((w, h), Image.BILINEAR) if (h, w) != (h0, w0) else img, dtype=np.float32) / 255.0
         x = torch.from_numpy(arr.reshape(h, w, -1)).permute(2, 0, 1).contiguous()
-        if self.params["mean"] is not None:
-            mean = torch.tensor(self.params["mean"], dtype=torch.float32).reshape(-1, 1, 1)
-            std = torch.tensor(self.params["std"] or 1.0, dtype=torch.float32).reshape(-1, 1, 1)
+        if self.settings.mean is not None:
+            mean = torch.tensor(self.settings.mean, dtype=torch.float32).reshape(-1, 1, 1)
+            std = torch.tensor(self.settings.std or 1.0, dtype=torch.float32).reshape(-1, 1, 1)
             x = (x - mean) / std
         sy, sx = h / h0, w / w0
         boxes = None
@@ -228,7 +235,7 @@ class ImageFolder(SampleDataset):
                 mask[max(0, int(np.floor(y0))):int(np.ceil(y1)), max(0, int(np.floor(x0))):int(np.ceil(x1))] = True
             return mask
         if self.masks_dir is not None:
-            if self.params["missing_masks"] == "error":
+            if self.settings.missing_masks == "error":
                 raise ValueError(f"image_folder: no mask for {rel} under {self.masks_dir} (expected the same relative "
                                  "path with an image extension); add it, or pass missing_masks='empty'")
             return torch.zeros(size, dtype=torch.bool)

@@ -9,10 +9,11 @@ mask is exactly the lesion's pixels and the box its bounding box.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import torch
+from pydantic import Field
 
 from xaibench import SampleDataset, register_dataset
 
@@ -21,36 +22,36 @@ from ._image_tools import box_of, grid, texture, to_rgb
 
 @register_dataset("lesions")
 class Lesions(SampleDataset):
-    """Lesion-type classification, 3×size×size images in [0, 1].
-
-    Settings:
-        size: image side in pixels (default 64).
-        radius: (min, max) lesion radius as a fraction of the side.
-        contrast: (min, max) lesion contrast against the background.
-        distractors: (min, max) number of small distractor spots.
-        n_classes: 2 (bright round vs dark irregular).
+    """Lesion-type classification (2 classes: bright round vs dark irregular), 3×size×size images in [0, 1].
 
     Yields :class:`~xaibench.Batch` with ``inputs`` (B, 3, size, size), ``targets`` (B,),
     ``masks`` (B, size, size) bool, ``boxes`` (a (1, 4) tensor per sample), ``ids``.
     """
 
-    defaults: dict[str, Any] = {"size": 64, "radius": (0.07, 0.16), "contrast": (0.12, 0.3),
-                                "distractors": (2, 6)}
+    class Settings(SampleDataset.Settings):
+        size: Annotated[int, Field(gt=0)] = 64
+        """Image side in pixels."""
+        radius: tuple[float, float] = (0.07, 0.16)
+        """(min, max) lesion radius as a fraction of the side."""
+        contrast: tuple[float, float] = (0.12, 0.3)
+        """(min, max) lesion contrast against the background."""
+        distractors: tuple[int, int] = (2, 6)
+        """(min, max) number of small distractor spots."""
 
     def make_sample(self, rng: np.random.Generator, index: int) -> dict[str, Any]:
-        p = self.params
-        s = int(p["size"])
+        p = self.settings
+        s = p.size
         img = texture(rng, s)
         yy, xx = grid(s)
         # distractors: small round spots of either polarity
-        for _ in range(int(rng.integers(p["distractors"][0], p["distractors"][1] + 1))):
+        for _ in range(int(rng.integers(p.distractors[0], p.distractors[1] + 1))):
             r = rng.uniform(0.015, 0.03) * s
             cy, cx = rng.uniform(r, s - r, 2)
             d = np.sqrt((yy - cy) ** 2 + (xx - cx) ** 2)
             img += rng.choice([-1, 1]) * rng.uniform(0.08, 0.2) * np.clip(1.5 - d / r, 0, 1)
         cls = int(rng.integers(2))
-        r = rng.uniform(*p["radius"]) * s
-        contrast = rng.uniform(*p["contrast"])
+        r = rng.uniform(*p.radius) * s
+        contrast = rng.uniform(*p.contrast)
         margin = r * 1.3 + 1
         cy, cx = rng.uniform(margin, s - margin, 2)
         theta = np.arctan2(yy - cy, xx - cx)

@@ -23,17 +23,21 @@ Every sample is drawn from its own seeded generator (same sample whatever the ba
 from __future__ import annotations
 
 import functools
-from typing import Any
+import typing
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 
 from xaibench import SampleDataset, register_dataset
 
 from ._image_tools import box_of, grid, smooth_noise, texture, to_rgb
 
-BACKGROUNDS = ("synthetic", "retina", "ihc", "ct", "mr")
+#: A background source: procedural texture or one of the sample images (see :func:`background`).
+Background = Literal["synthetic", "retina", "ihc", "ct", "mr"]
+BACKGROUNDS: tuple[str, ...] = typing.get_args(Background)
 
 
 @functools.lru_cache(maxsize=4)
@@ -94,19 +98,22 @@ def blob(rng: np.random.Generator, size: int, radius: float, lobes: float = 0.12
 class ROIImages(SampleDataset):
     """Base of the ROI-regime sets: background + :meth:`draw`, to RGB with a tint.
 
-    Settings (all sets):
-        size: image side in pixels (default 64).
-        background: ``"synthetic"``, ``"retina"``, ``"ihc"``, ``"ct"`` or ``"mr"``.
-        tint: (3,) RGB colour the grey image is multiplied by, ± a random 10%.
-
     Yields :class:`~xaibench.Batch`: ``inputs`` (B, 3, size, size) in [0, 1], ``targets``
     (B,), ``masks`` (B, size, size) bool (exact region of interest), ``boxes`` (a (k, 4)
     tensor ``x0, y0, x1, y1`` per sample, exclusive end), ``ids``; ``meta`` has
     ``roi_fraction`` (mask area / image area) and the drawing parameters.
     """
 
-    defaults: dict[str, Any] = {"size": 64, "background": "synthetic", "tint": (1.0, 1.0, 1.0)}
     n_classes = 2
+
+    class Settings(SampleDataset.Settings):
+        size: Annotated[int, Field(gt=0)] = 64
+        """Image side in pixels."""
+        background: Background = "synthetic"
+        """The background: ``"synthetic"`` (procedural texture) or a sample image (``"retina"``,
+        ``"ihc"``, ``"ct"``, ``"mr"``)."""
+        tint: tuple[float, float, float] = (1.0, 1.0, 1.0)
+        """RGB colour the grey image is multiplied by, ± a random 10% per sample."""
 
     def draw(self, rng: np.random.Generator, img: np.ndarray, cls: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
         """Draw the region of interest of class ``cls`` into ``img`` (in place).
@@ -115,13 +122,11 @@ class ROIImages(SampleDataset):
         raise NotImplementedError
 
     def make_sample(self, rng: np.random.Generator, index: int) -> dict[str, Any]:
-        s = int(self.params["size"])
-        if self.params["background"] not in BACKGROUNDS:
-            raise ValueError(f"{self.name}: background must be one of {BACKGROUNDS}, got {self.params['background']!r}")
-        img = background(rng, s, self.params["background"])
+        s = self.settings.size
+        img = background(rng, s, self.settings.background)
         cls = int(rng.integers(self.n_classes))
         img, mask, boxes, meta = self.draw(rng, img, cls)
-        tint = np.asarray(self.params["tint"], dtype=np.float64) * rng.uniform(0.9, 1.1, 3)
+        tint = np.asarray(self.settings.tint, dtype=np.float64) * rng.uniform(0.9, 1.1, 3)
         return {"inputs": to_rgb(img, tint), "targets": cls, "masks": mask,
                 "boxes": torch.from_numpy(np.asarray(boxes, dtype=np.float32).reshape(-1, 4)),
                 "ids": f"{self.name}/{self.split}/{self.seed}/{index}",
@@ -131,18 +136,22 @@ class ROIImages(SampleDataset):
 @register_dataset("roi_large")
 class ROILarge(ROIImages):
     """Large single polyp-like object (Kvasir regime): raised (0, bright dome) vs depressed
-    (1, dark crater), as in the Paris classification of polyps.
-
-    Settings: ``radius`` (min, max) fraction of the side; ``contrast`` (min, max) dome height.
-    Small distractor spots of either polarity lie outside the object.
+    (1, dark crater), as in the Paris classification of polyps. Small distractor spots of
+    either polarity lie outside the object.
     """
 
-    defaults = {**ROIImages.defaults, "radius": (0.16, 0.28), "contrast": (0.12, 0.25), "tint": (1.1, 0.8, 0.75)}
+    class Settings(ROIImages.Settings):
+        radius: tuple[float, float] = (0.16, 0.28)
+        """(min, max) object radius as a fraction of the side."""
+        contrast: tuple[float, float] = (0.12, 0.25)
+        """(min, max) dome height (or crater depth)."""
+        tint: tuple[float, float, float] = (1.1, 0.8, 0.75)
+        """RGB colour the grey image is multiplied by (mucosa-like), ± a random 10% per sample."""
 
     def draw(self, rng, img, cls):
-        s, p = img.shape[0], self.params
-        mask, rel = blob(rng, s, rng.uniform(*p["radius"]) * s, lobes=0.1)
-        contrast = rng.uniform(*p["contrast"])
+        s, p = img.shape[0], self.settings
+        mask, rel = blob(rng, s, rng.uniform(*p.radius) * s, lobes=0.1)
+        contrast = rng.uniform(*p.contrast)
         img = img + (1 if cls == 0 else -1) * contrast * np.clip(1.15 - rel**2, 0, 1) * mask
         for _ in range(int(rng.integers(1, 4))):  # small distractor spots of either polarity
             dm, _ = blob(rng, s, rng.uniform(0.02, 0.035) * s, lobes=0.0)
@@ -152,18 +161,18 @@ class ROILarge(ROIImages):
 
 @register_dataset("roi_faint")
 class ROIFaint(ROIImages):
-    """Small faint lesion (DUKE-like hard regime): enhancing (0, brighter) vs hypo-intense (1).
+    """Small faint lesion (DUKE-like hard regime): enhancing (0, brighter) vs hypo-intense (1)."""
 
-    Settings: ``radius`` (min, max) fraction of the side; ``contrast`` (min, max) against
-    the local background.
-    """
-
-    defaults = {**ROIImages.defaults, "radius": (0.04, 0.065), "contrast": (0.12, 0.2)}
+    class Settings(ROIImages.Settings):
+        radius: tuple[float, float] = (0.04, 0.065)
+        """(min, max) lesion radius as a fraction of the side."""
+        contrast: tuple[float, float] = (0.12, 0.2)
+        """(min, max) contrast against the local background."""
 
     def draw(self, rng, img, cls):
-        s, p = img.shape[0], self.params
-        mask, rel = blob(rng, s, rng.uniform(*p["radius"]) * s, lobes=0.08)
-        contrast = rng.uniform(*p["contrast"])
+        s, p = img.shape[0], self.settings
+        mask, rel = blob(rng, s, rng.uniform(*p.radius) * s, lobes=0.08)
+        contrast = rng.uniform(*p.contrast)
         img = img + (1 if cls == 0 else -1) * contrast * np.clip(1.3 - rel**2, 0, 1) * mask
         return img, mask, box_of(mask), {"contrast": float(contrast)}
 
@@ -173,29 +182,34 @@ class ROIThin(ROIImages):
     """Thin elongated crack on a bone-like band (MURA regime): near-horizontal (0) vs near-vertical (1).
 
     The band's angle is random and independent of the class, so only the crack tells it.
-    Settings: ``width`` (min, max) crack width in pixels; ``length`` (min, max) fraction of
-    the side; ``tilt`` the largest deviation from horizontal / vertical in degrees.
     """
 
-    defaults = {**ROIImages.defaults, "width": (1.6, 2.6), "length": (0.4, 0.65), "tilt": 25.0,
-                "contrast": (0.2, 0.3)}
+    class Settings(ROIImages.Settings):
+        width: tuple[float, float] = (1.6, 2.6)
+        """(min, max) crack width in pixels."""
+        length: tuple[float, float] = (0.4, 0.65)
+        """(min, max) crack length as a fraction of the side."""
+        tilt: float = 25.0
+        """The largest deviation of the crack from horizontal / vertical, in degrees."""
+        contrast: tuple[float, float] = (0.2, 0.3)
+        """(min, max) darkening of the crack."""
 
     def draw(self, rng, img, cls):
-        s, p = img.shape[0], self.params
+        s, p = img.shape[0], self.settings
         yy, xx = grid(s)
         band_ang = rng.uniform(0, np.pi)
         off = (xx - s / 2) * -np.sin(band_ang) + (yy - s / 2) * np.cos(band_ang)
         img = img + 0.18 * np.clip(1 - (off / (0.2 * s)) ** 4, 0, 1)  # the bone
-        ang = np.deg2rad(rng.uniform(-p["tilt"], p["tilt"]) + (90.0 if cls == 1 else 0.0))
-        half = rng.uniform(*p["length"]) * s / 2
+        ang = np.deg2rad(rng.uniform(-p.tilt, p.tilt) + (90.0 if cls == 1 else 0.0))
+        half = rng.uniform(*p.length) * s / 2
         cx, cy = rng.uniform(half * 0.8 + 2, s - half * 0.8 - 2, 2) if half * 1.6 + 4 < s else (s / 2, s / 2)
         dx, dy = np.cos(ang), np.sin(ang)
         along = (xx - cx) * dx + (yy - cy) * dy
         across = -(xx - cx) * dy + (yy - cy) * dx
         wiggle = 0.6 * np.sin(along / rng.uniform(2.5, 4.0) + rng.uniform(0, 2 * np.pi))
-        width = rng.uniform(*p["width"])
+        width = rng.uniform(*p.width)
         mask = (np.abs(across - wiggle) <= width / 2) & (np.abs(along) <= half)
-        img = img - rng.uniform(*p["contrast"]) * mask
+        img = img - rng.uniform(*p.contrast) * mask
         return img, mask, box_of(mask), {"angle": float(np.rad2deg(ang)), "width": float(width)}
 
 
@@ -203,18 +217,23 @@ class ROIThin(ROIImages):
 class ROIMulti(ROIImages):
     """Several separate lesions (multiple-instance regime): all bright (0) vs all dark (1).
 
-    Settings: ``count`` (min, max) instances; ``radius`` (min, max) fraction of the side;
-    ``contrast`` (min, max). ``boxes`` has one row per instance, ``masks`` their union.
+    ``boxes`` has one row per instance, ``masks`` their union.
     """
 
-    defaults = {**ROIImages.defaults, "count": (2, 4), "radius": (0.05, 0.09), "contrast": (0.15, 0.28)}
+    class Settings(ROIImages.Settings):
+        count: tuple[int, int] = (2, 4)
+        """(min, max) number of instances (fewer when they do not fit apart)."""
+        radius: tuple[float, float] = (0.05, 0.09)
+        """(min, max) instance radius as a fraction of the side."""
+        contrast: tuple[float, float] = (0.15, 0.28)
+        """(min, max) instance contrast against the background."""
 
     def draw(self, rng, img, cls):
-        s, p = img.shape[0], self.params
+        s, p = img.shape[0], self.settings
         mask = np.zeros((s, s), dtype=bool)
         boxes, centres = [], []
-        for _ in range(int(rng.integers(p["count"][0], p["count"][1] + 1))):
-            r = rng.uniform(*p["radius"]) * s
+        for _ in range(int(rng.integers(p.count[0], p.count[1] + 1))):
+            r = rng.uniform(*p.radius) * s
             for _try in range(50):  # rejection sampling keeps instances apart
                 c = rng.uniform(r * 1.2 + 1, s - r * 1.2 - 1, 2)
                 if all(np.hypot(*(c - c2)) > r + r2 + 3 for c2, r2 in centres):
@@ -223,7 +242,7 @@ class ROIMulti(ROIImages):
                 continue
             centres.append((c, r * 1.15))
             m, rel = blob(rng, s, r, lobes=0.1, centre=(c[0], c[1]))
-            img = img + (1 if cls == 0 else -1) * rng.uniform(*p["contrast"]) * np.clip(1.3 - rel**2, 0, 1) * m
+            img = img + (1 if cls == 0 else -1) * rng.uniform(*p.contrast) * np.clip(1.3 - rel**2, 0, 1) * m
             mask |= m
             boxes.append(box_of(m)[0])
         return img, mask, np.stack(boxes), {"n_instances": len(boxes)}
@@ -233,14 +252,17 @@ class ROIMulti(ROIImages):
 class ShapeClasses(ROIImages):
     """A different task for supervised pre-training: which of 4 shapes (0 disc, 1 square,
     2 triangle, 3 ring) is drawn, with any polarity, size, angle and place. ``masks`` are the
-    shape's pixels. Settings: ``radius`` (min, max) fraction of the side."""
+    shape's pixels."""
 
-    defaults = {**ROIImages.defaults, "radius": (0.1, 0.25)}
     n_classes = 4
+
+    class Settings(ROIImages.Settings):
+        radius: tuple[float, float] = (0.1, 0.25)
+        """(min, max) shape radius as a fraction of the side."""
 
     def draw(self, rng, img, cls):
         s = img.shape[0]
-        r = rng.uniform(*self.params["radius"]) * s
+        r = rng.uniform(*self.settings.radius) * s
         cy, cx = rng.uniform(r + 1, s - r - 1, 2)
         yy, xx = grid(s)
         ang = rng.uniform(0, 2 * np.pi)
