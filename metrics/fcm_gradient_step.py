@@ -9,8 +9,10 @@ false negatives into true positives; random directions do not.
 from __future__ import annotations
 
 import math
+from typing import Annotated
 
 import torch
+from pydantic import Field
 from torch import Tensor, nn
 
 from xaibench import Attribution, Batch, MetricScores, register_metric
@@ -28,7 +30,7 @@ def f1_score(pred: Tensor, labels: Tensor) -> Tensor:
 @register_metric("gradient_step_f1_gain", direction="higher", category="faithfulness", kinds=("event_vector",),
                  needs=("instance_labels",), needs_model=True, range=(-1.0, 1.0), undefined=NO_FN,
                  example=lambda: _example())
-def gradient_step_f1_gain(attr: Attribution, batch: Batch, *, step: float = 0.5, positive: int = 1,
+def gradient_step_f1_gain(attr: Attribution, batch: Batch, *, step: float = 0.5, positive: Annotated[int, Field(ge=0)] = 1,
                           model: nn.Module | None = None) -> MetricScores:
     """F1 after moving the false negatives ``step`` (marker units) along their unit gradient,
     minus F1 before. (B,) in [-1, 1]; NaN for a sample without false negatives.

@@ -18,9 +18,10 @@ them (baselines) are scored against the model's own predicted polygon with the m
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Annotated, Any
 
 import torch
+from pydantic import Field
 from torch import Tensor, nn
 
 from xaibench import Attribution, Batch, MetricScores, register_metric
@@ -65,10 +66,16 @@ def _top(attr: Attribution, top: int) -> tuple[Tensor, Tensor]:
 @register_metric("polygon_gradient_inside", direction="higher", category="polygon_query", kinds=("event_vector",),
                  needs_model=True, undefined=ZERO, contract_skip=SKIP,
                  example=lambda: _example())
-def polygon_gradient_inside(attr: Attribution, batch: Batch, *, top: int = 100, gate: int = 0,
+def polygon_gradient_inside(attr: Attribution, batch: Batch, *, top: Annotated[int, Field(ge=1)] = 100, gate: int = 0,
                             shift: tuple[float, float] = (0.5, 0.0), model: nn.Module | None = None) -> MetricScores:
     """Share of the top-``top`` events' gradient norm that lies on events inside the predicted
-    polygon (2D projection of the gate). 1 = the gate is explained by its own events. (B,)"""
+    polygon (2D projection of the gate). 1 = the gate is explained by its own events. (B,)
+
+    Args:
+        top: how many events with the largest gradient norms are scored.
+        gate: the model's gate index, used when the attribution carries no polygon query (baselines).
+        shift: the query's (dx, dy) translation, used when the attribution carries none.
+    """
     poly, dims, _ = polygon_query(attr, batch, model, gate, shift, "polygon_gradient_inside")
     idx, val = _top(attr, top)
     pts = batch.inputs[..., list(dims)].float().gather(1, idx[..., None].expand(-1, -1, 2))
@@ -82,12 +89,19 @@ def polygon_gradient_inside(attr: Attribution, batch: Batch, *, top: int = 100, 
 @register_metric("polygon_gradient_alignment", direction="higher", category="polygon_query", kinds=("event_vector",),
                  needs_model=True, range=(-1.0, 1.0), undefined=ZERO, contract_skip=SKIP,
                  example=lambda: _example())
-def polygon_gradient_alignment(attr: Attribution, batch: Batch, *, top: int = 100, gate: int = 0,
-                               shift: tuple[float, float] = (0.5, 0.0), model: nn.Module | None = None) -> MetricScores:
+def polygon_gradient_alignment(attr: Attribution, batch: Batch, *, top: Annotated[int, Field(ge=1)] = 100,
+                               gate: int = 0, shift: tuple[float, float] = (0.5, 0.0),
+                               model: nn.Module | None = None) -> MetricScores:
     """Mean cosine between the translation and −gradient projected on the gate's markers, over the
     top-``top`` events by gradient norm (events with no in-plane component are left out). (B,)
 
-    1 = moving the events along −gradient moves them with the query; 0 = unrelated."""
+    1 = moving the events along −gradient moves them with the query; 0 = unrelated.
+
+    Args:
+        top: how many events with the largest gradient norms are scored.
+        gate: the model's gate index, used when the attribution carries no polygon query (baselines).
+        shift: the query's (dx, dy) translation, used when the attribution carries none.
+    """
     _, dims, sh = polygon_query(attr, batch, model, gate, shift, "polygon_gradient_alignment")
     idx, _ = _top(attr, top)
     g = -attr.values.float()[..., list(dims)].gather(1, idx[..., None].expand(-1, -1, 2))  # (B, k, 2)

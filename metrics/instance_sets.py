@@ -9,8 +9,10 @@ For attributions over sets (FCM events, MIL instances): ``event`` (B, N) scores,
 from __future__ import annotations
 
 import math
+from typing import Annotated, Literal
 
 import torch
+from pydantic import Field
 from torch import Tensor
 
 from xaibench import Attribution, Batch, MetricScores, register_metric
@@ -52,7 +54,8 @@ def top_k_counts(scores: Tensor, labels: Tensor, n_top: int) -> Tensor:
 
 @register_metric("top_k_positive_fraction", direction="higher", category="instance_set",
                  kinds=("event", "event_head", "event_vector"), needs=("instance_labels",), undefined=NO_POS)
-def top_k_positive_fraction(attr: Attribution, batch: Batch, *, k: float = 0.05, head: int | str = "mean") -> MetricScores:
+def top_k_positive_fraction(attr: Attribution, batch: Batch, *, k: Annotated[float, Field(gt=0, le=1)] = 0.05,
+                            head: int | Literal["mean", "max"] = "mean") -> MetricScores:
     """n_pos@top-k / min(n@top-k, n_pos) (Kowarsch et al. 2023, eq. 6): precision@k when there are
     at least k positives, recall@k otherwise. (B,)
 
@@ -68,8 +71,6 @@ def top_k_positive_fraction(attr: Attribution, batch: Batch, *, k: float = 0.05,
     Returns:
         (B,) scores in [0, 1]; NaN for a sample with no positive events.
     """
-    if not 0 < k <= 1:
-        raise ValueError(f"top_k_positive_fraction: k must be a fraction in (0, 1], got {k}")
     labels = batch.instance_labels.bool()
     s = event_scores(attr, head, "top_k_positive_fraction")
     if s.shape[-1] != labels.shape[-1]:

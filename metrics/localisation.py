@@ -1,17 +1,32 @@
 """Localisation metrics: does the map point at / cover the ground-truth region?
 
 All accept ``pixel`` maps and ``token`` attributions that carry an upsampled
-``extras["pixel"]``; maps are bilinearly resized to the mask when sizes differ. A sample
-with an empty mask scores NaN ("empty mask"). Each sample's score depends only on that
-sample. Maps are used raw: no normalisation unless a threshold rule implies it.
+``extras["pixel"]``. A sample with an empty mask scores NaN ("empty mask"); a map with any
+NaN/Inf scores NaN ("non-finite attribution", see :meth:`xaibench.Metric.evaluate`). Each
+sample's score depends only on that sample. Maps are used raw: no normalisation unless a
+threshold rule implies it.
+
+Input rule (nothing is resampled or thresholded behind the caller's back; a ``ValueError``
+says what to do instead):
+
+- the map must have the masks' resolution (B, H, W). A map of another size is refused: how to
+  resample it (bilinear, nearest, box) changes the score, so it is the caller's explicit step,
+  e.g. ``F.interpolate(m[:, None], size=masks.shape[-2:], mode="bilinear")[:, 0]``. Explainers
+  return maps at input resolution and datasets give masks at input resolution, so a benchmark
+  never meets this; a dataset that resamples masks on load documents it.
+- masks must be binary: bool, or numbers that are all 0 or 1. A soft mask (any other value,
+  NaN included) is refused: the cut that binarises it is a protocol choice
+  (``masks >= 0.5``) the caller makes and reports.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Annotated, Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import Tensor
 
 from xaibench import Attribution, Batch, MetricScores, register_metric
@@ -19,14 +34,41 @@ from xaibench import Attribution, Batch, MetricScores, register_metric
 EMPTY = "empty mask"
 
 
+def binary_masks(masks: Tensor, who: str) -> Tensor:
+    """``masks`` as bool; numbers must all be 0 or 1.
+
+    Raises:
+        ValueError: a soft mask (a value other than 0 and 1, NaN included).
+    """
+    if masks.dtype == torch.bool:
+        return masks
+    soft = (masks != 0) & (masks != 1)
+    if bool(soft.any()):
+        vals = masks[soft]
+        raise ValueError(
+            f"{who}: masks must be binary (bool, or numbers all 0 or 1), got a soft {masks.dtype} mask with "
+            f"{int(soft.sum())} values other than 0/1 (e.g. {float(vals[0])}); binarise it first with the cut "
+            "your protocol states, e.g. batch.masks = batch.masks >= 0.5")
+    return masks != 0
+
+
 def map_and_mask(attr: Attribution, batch: Batch, who: str) -> tuple[Tensor, Tensor]:
-    """(B, H, W) float map resized to the masks, and the (B, H, W) bool masks."""
-    m = attr.pixel_map().float()
-    masks = batch.masks.bool()
+    """(B, H, W) float map (float64 maps stay float64) and the (B, H, W) bool masks, at one resolution.
+
+    Raises:
+        ValueError: the map is not (B, H, W), the masks are soft, or the two differ in size
+            (see the module's input rule).
+    """
+    m = attr.pixel_map()
+    m = m.double() if m.dtype == torch.float64 else m.float()
+    masks = binary_masks(batch.masks, who)
     if m.ndim != 3:
         raise ValueError(f"{who}: expected attr (B, H, W), got {tuple(m.shape)}")
     if m.shape[-2:] != masks.shape[-2:]:
-        m = F.interpolate(m[:, None], size=masks.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+        raise ValueError(
+            f"{who}: the map is {tuple(m.shape[-2:])} but the masks are {tuple(masks.shape[-2:])}; maps are "
+            "scored at the masks' resolution and never resampled silently. Resample explicitly (the rule is "
+            "part of your protocol), e.g. F.interpolate(m[:, None], size=masks.shape[-2:], mode='bilinear')[:, 0]")
     return m, masks
 
 
@@ -52,10 +94,14 @@ def disk_dilate(masks: Tensor, radius: float) -> Tensor:
 
 @register_metric("pointing_game", direction="higher", category="localisation", kinds=("pixel", "token"),
                  needs=("masks",), undefined=EMPTY)
-def pointing_game(attr: Attribution, batch: Batch, *, tolerance: float = 0.0) -> MetricScores:
+def pointing_game(attr: Attribution, batch: Batch, *, tolerance: Annotated[float, Field(ge=0)] = 0.0) -> MetricScores:
     """1.0 if the map's maximum lies in the mask (or within ``tolerance`` px of it, strict <,
     as TorchRay), else 0.0; NaN for an empty mask. Ties take the first maximum in raster
     order; a flat map therefore points at the top-left pixel. (B,)
+
+    Args:
+        tolerance: a hit within this many pixels of the mask (Euclidean, strict <) still counts;
+            0 = the maximum must lie in the mask.
 
     References: Zhang et al., Top-down neural attention by excitation backprop, 2016.
     """
@@ -115,11 +161,17 @@ def binarise(m: Tensor, masks: Tensor, threshold: str | float) -> Tensor:
 
 @register_metric("iou", direction="higher", category="localisation", kinds=("pixel", "token"),
                  needs=("masks",), undefined=EMPTY)
-def iou(attr: Attribution, batch: Batch, *, threshold: str | float = "otsu") -> MetricScores:
+def iou(attr: Attribution, batch: Batch, *,
+        threshold: Literal["otsu", "mean", "gt_area"] | Annotated[float, Field(gt=0, lt=1)] = "otsu") -> MetricScores:
     """Intersection over union of the binarised map with the mask; NaN for an empty mask. (B,)
 
-    ``threshold`` names the binarisation rule (see :func:`binarise`); it is part of the
-    score's protocol, so reports only compare IoUs measured with the same rule.
+    The threshold is part of the score's protocol, so reports only compare IoUs measured with
+    the same rule.
+
+    Args:
+        threshold: the binarisation rule (see :func:`binarise`): ``"otsu"`` (per map),
+            ``"mean"`` (above the map's mean), ``"gt_area"`` (the top-k pixels, k = the mask's
+            area) or a quantile q in (0, 1) (above the map's q-quantile).
     """
     m, masks = map_and_mask(attr, batch, "iou")
     pred = binarise(m, masks, threshold)
@@ -138,10 +190,12 @@ def relevance_mass(attr: Attribution, batch: Batch) -> MetricScores:
     References: Arras et al., CLEVR-XAI, 2022 (relevance mass accuracy).
     """
     m, masks = map_and_mask(attr, batch, "relevance_mass")
-    pos = m.clamp_min(0).flatten(1)
+    pos = m.double().clamp_min(0).flatten(1)  # float64 sums: no overflow from float32 maps
     total = pos.sum(1)
     inside = (pos * masks.flatten(1)).sum(1)
-    return _with_empty(inside / total.clamp_min(1e-30), masks, [(total <= 0, "no positive relevance")])
+    share = (inside / total.clamp_min(1e-300)).to(m.dtype)
+    return _with_empty(share, masks, [(total <= 0, "no positive relevance"),
+                                      (~torch.isfinite(total), "positive relevance too large to sum")])
 
 
 @register_metric("relevance_rank", direction="higher", category="localisation", kinds=("pixel", "token"),
