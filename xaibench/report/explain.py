@@ -47,8 +47,8 @@ def _in_channels(model: nn.Module) -> int:
 
 def _dataset_size(name: str, params: dict[str, Any]) -> int | None:
     from ..data import DATASETS
-    obj = DATASETS.get(name)
-    size = params.get("size", getattr(obj, "defaults", {}).get("size"))
+    field = DATASETS.settings(name).model_fields.get("size")
+    size = params["size"] if "size" in params else (field.default if field is not None else None)
     return int(size) if isinstance(size, (int, float)) else None
 
 
