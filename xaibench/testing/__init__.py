@@ -1,8 +1,8 @@
-"""Contract checks that every registered explainer and metric runs through.
+"""Contract checks that every registered explainer, metric, dataset and baseline runs through.
 
-``tests/test_contract.py`` parametrises over :func:`explainer_cases` and :func:`metric_cases`,
-so a plugin is tested the moment it is registered. A user's plugin package can run the
-same suite::
+``tests/test_contract.py`` parametrises over :func:`explainer_cases`, :func:`metric_cases`,
+:func:`dataset_cases` and :func:`baseline_cases`, so a plugin is tested the moment it is
+registered. A user's plugin package can run the same suite::
 
     from xaibench.testing import check_explainer, check_metric
     check_explainer("myfam.mymethod")
@@ -11,6 +11,8 @@ same suite::
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import functools
 import math
 from dataclasses import dataclass
@@ -19,19 +21,19 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..explainers import Explainer
-from .oracles import model_fingerprint
-from ..metric import Metric
+from ..baselines import BASELINES
+from ..data import DATASETS
+from ..explainers import EXPLAINERS, Explainer
+from ..metric import METRICS, Metric
 from ..registry import load_plugins
-from ..explainers import EXPLAINERS
-from .fixtures import FIXTURES
-from ..metric import METRICS
-from ..types import KIND_NDIM, Attribution, Batch
-from .fixtures import FixtureCase, register_fixture
+from ..types import KIND_NDIM, KINDS, Attribution, Batch
+from .fixtures import FIXTURES, FixtureCase, register_fixture
+from .oracles import model_fingerprint
 
 __all__ = [
-    "FixtureCase", "MetricExample", "register_fixture", "explainer_cases", "metric_cases",
-    "check_explainer", "check_metric", "get_fixture",
+    "FixtureCase", "MetricExample", "register_fixture", "explainer_cases", "metric_cases", "dataset_cases",
+    "baseline_cases", "check_explainer", "check_metric", "check_dataset", "check_baseline", "get_fixture",
+    "check_target_formats", "check_dtype_float64", "check_device",
 ]
 
 
@@ -157,14 +159,111 @@ def check_bad_inputs(name: str, case: FixtureCase) -> None:
         raise AssertionError(f"{name}: input of shape {tuple(bad.shape)} was accepted; expected ValueError")
 
 
+def _pair(case: FixtureCase) -> Batch:
+    """The fixture's first two samples (the format / dtype / device checks need no more)."""
+    return case.batch.select(list(range(min(2, len(case.batch)))))
+
+
+def _same(a: Tensor, b: Tensor, case: FixtureCase, what: str) -> None:
+    assert a.shape == b.shape, f"{what}: shapes differ ({tuple(a.shape)} vs {tuple(b.shape)})"
+    ok, err = _close(a, b, case)
+    assert ok, f"{what} (max |diff| {err:.3g})"
+
+
+def check_target_formats(name: str, case: FixtureCase) -> None:
+    """Every target format means the same as its explicit (B,) tensor: an int k and a 0-d
+    tensor k as ``full((B,), k)``; None as the target the explainer reports it resolved to
+    (``extras["target"]``), which for a classifier with (B, K) outputs is the predicted class."""
+    batch = _pair(case)
+    b = len(batch)
+    ex = _make(name, case)
+    none = ex.explain_batch(batch, None)
+    resolved = none.extras.get("target")
+    if isinstance(resolved, Tensor):
+        explicit = ex.explain_batch(batch, resolved.clone()).values
+        _same(none.values, explicit, case, f"{name}: target=None differs from its resolved target {resolved.tolist()}")
+        with torch.no_grad():
+            out = case.model(batch.inputs)
+        if isinstance(out, Tensor) and out.ndim == 2:
+            pred = out.argmax(1)
+            assert resolved.tolist() == pred.tolist(), (
+                f"{name}: target=None resolved to {resolved.tolist()}, the predicted classes are {pred.tolist()}")
+    # a class other than sample 0's default, so an ignored int would show
+    k = 1 if isinstance(resolved, Tensor) and int(resolved.reshape(-1)[0]) == 0 else 0
+    full = ex.explain_batch(batch, torch.full((b,), k, dtype=torch.long)).values
+    _same(ex.explain_batch(batch, k).values, full, case, f"{name}: target={k} differs from target=full(({b},), {k})")
+    _same(ex.explain_batch(batch, torch.tensor(k)).values, full, case,
+          f"{name}: target=torch.tensor({k}) (0-d) differs from target=full(({b},), {k})")
+
+
+def _converted(name: str, case: FixtureCase, batch: Batch, *, dtype: torch.dtype | None = None,
+               device: str | torch.device | None = None) -> Attribution:
+    """Explain ``batch`` with a copy of the model and inputs moved to ``dtype`` / ``device``."""
+    model = copy.deepcopy(case.model).to(device=device, dtype=dtype)
+    moved = dataclasses.replace(batch, inputs=batch.inputs.to(device=device, dtype=dtype))
+    if device is not None:
+        for field_name in ("targets", "masks", "instance_labels"):
+            v = getattr(moved, field_name)
+            if isinstance(v, Tensor):
+                setattr(moved, field_name, v.to(device))
+    ex = EXPLAINERS.get(name)(model, **case.params.get(name, {}))
+    t = _targets(case)
+    return ex.explain_batch(moved, None if t is None else t[:len(batch)].to(moved.inputs.device))
+
+
+def _close_scaled(a: Tensor, ref: Tensor, rel: float) -> tuple[bool, float, float]:
+    """|a - ref| <= rel * max|ref| everywhere (float32 rounding may flip a ReLU for a few inputs)."""
+    a, ref = a.detach().cpu().double(), ref.detach().cpu().double()
+    scale = float(ref.abs().max()) if ref.numel() else 0.0
+    err = float((a - ref).abs().max()) if ref.numel() else 0.0
+    return err <= rel * scale + 1e-7, err, scale
+
+
+def check_dtype_float64(name: str, case: FixtureCase, rel: float = 5e-3) -> None:
+    """Given a float64 model and float64 inputs, an explainer returns float64 values equal to its
+    float32 values within float32 precision (``rel`` × the map's max), or raises a ValueError /
+    TypeError that names the dtype."""
+    batch = _pair(case)
+    t = _targets(case)
+    ref = _make(name, case).explain_batch(batch, None if t is None else t[:len(batch)]).values
+    try:
+        attr = _converted(name, case, batch, dtype=torch.float64)
+    except (ValueError, TypeError) as e:
+        msg = str(e)
+        assert "float64" in msg or "dtype" in msg or "double" in msg, (
+            f"{name}: float64 inputs raised {type(e).__name__} without naming the dtype: {msg}")
+        return
+    assert attr.values.dtype == torch.float64, f"{name}: float64 model and inputs gave {attr.values.dtype} values"
+    ok, err, scale = _close_scaled(attr.values, ref, rel)
+    assert ok, f"{name}: float64 values differ from float32 by {err:.3g} (map max {scale:.3g}; allowed {rel} of it)"
+
+
+def check_device(name: str, case: FixtureCase, device: str = "cuda", rel: float = 1e-2) -> None:
+    """On ``device`` (model and inputs moved there) an explainer gives the CPU values, within
+    ``rel`` × the map's max (TF32 convolutions on GPUs round to ~1e-3)."""
+    batch = _pair(case)
+    t = _targets(case)
+    ref = _make(name, case).explain_batch(batch, None if t is None else t[:len(batch)]).values
+    attr = _converted(name, case, batch, device=device)
+    assert attr.values.device.type == torch.device(device).type, (
+        f"{name}: inputs on {device} gave values on {attr.values.device}")
+    ok, err, scale = _close_scaled(attr.values, ref, rel)
+    assert ok, f"{name}: values on {device} differ from the CPU by {err:.3g} (map max {scale:.3g})"
+
+
 def check_explainer(name: str, fixture: str | None = None) -> None:
-    """Run every explainer contract check for ``name`` on its (or the given) fixture."""
+    """Run every explainer contract check for ``name`` on its (or the given) fixture (the
+    device check too when CUDA is available)."""
     case = get_fixture(fixture or EXPLAINERS.info(name).fixture)
     check_output(name, _make(name, case).explain_batch(case.batch, _targets(case)), case)
     check_batch_equals_singles(name, case)
     check_deterministic(name, case)
     check_model_untouched(name, case)
     check_bad_inputs(name, case)
+    check_target_formats(name, case)
+    check_dtype_float64(name, case)
+    if torch.cuda.is_available():
+        check_device(name, case)
 
 
 # ------------------------------------------------------------------ metrics
@@ -253,3 +352,74 @@ def check_metric(name: str) -> None:
         sub = run(attr.select(idx), ex.batch.select(idx))
         assert torch.allclose(sub.nan_to_num(-7), full[idx].nan_to_num(-7), atol=1e-6), (
             f"{name}: a sample's score depends on the other samples in the batch ({sub.tolist()} vs {full[idx].tolist()})")
+
+
+# ------------------------------------------------------------------ datasets
+
+def dataset_cases() -> list[str]:
+    load_plugins()
+    return DATASETS.names()
+
+
+def check_dataset(name: str) -> None:
+    """Contract of a dataset: seeded and deterministic, sample i the same whatever ``n`` and
+    ``batch_size``, batches of at most ``batch_size`` covering all ``n`` samples.
+
+    A loader that needs the user's files (a required ``root=``/``path=``) must say so with a
+    ValueError (SettingsError is one) when built without them; its reading is tested with
+    its own files elsewhere.
+    """
+    cls = DATASETS.get(name)
+    try:
+        ds = cls(n=3, batch_size=2, seed=0)
+    except ValueError as e:
+        assert str(e), f"{name}: ValueError without a message"
+        return
+    batches = list(ds)
+    assert all(isinstance(b, Batch) for b in batches), f"{name}: iterating must yield Batch objects"
+    assert [len(b) for b in batches] == [2, 1], f"{name}: n=3, batch_size=2 gave batches of {[len(b) for b in batches]}"
+    full = ds.all()
+    assert full.inputs.is_floating_point(), f"{name}: inputs must be floating point, got {full.inputs.dtype}"
+    assert torch.equal(torch.cat([b.inputs for b in batches]), full.inputs), f"{name}: batches differ from all()"
+    again = cls(n=3, batch_size=2, seed=0).all()
+    assert torch.equal(again.inputs, full.inputs), f"{name}: two builds with the same seed differ"
+    first_two = cls(n=2, batch_size=1, seed=0).all()
+    assert torch.equal(first_two.inputs, full.inputs[:2]), f"{name}: sample i depends on n or batch_size"
+    other = cls(n=3, batch_size=2, seed=1).all()
+    assert not torch.equal(other.inputs, full.inputs), f"{name}: seed=1 gives the same samples as seed=0"
+
+
+# ------------------------------------------------------------------ baselines
+
+def baseline_cases() -> list[str]:
+    load_plugins()
+    return BASELINES.names()
+
+
+def _like(kind: str, b: int = 3) -> Attribution:
+    g = torch.Generator().manual_seed(0)
+    shape = {"pixel": (b, 12, 10), "token": (b, 12), "event": (b, 50), "event_head": (b, 2, 50),
+             "event_vector": (b, 50, 3), "voxel": (b, 4, 6, 5)}[kind]
+    extras = {"grid": (3, 4)} if kind == "token" else {}
+    return Attribution(values=torch.rand(shape, generator=g), kind=kind, method="m", extras=extras)
+
+
+def check_baseline(name: str) -> None:
+    """Contract of a baseline, for every attribution kind: None (does not apply) or an
+    Attribution of the same kind and shape, finite, the same for the same seed, and each
+    sample's values independent of the other samples in the batch."""
+    fn = BASELINES.get(name)
+    for kind in KINDS:
+        like = _like(kind)
+        batch = Batch(inputs=torch.zeros(len(like.values), 1), ids=[f"s{i}" for i in range(like.batch_size)])
+        out = fn(like, batch, 0)
+        if out is None:
+            continue
+        assert isinstance(out, Attribution), f"{name}: expected an Attribution or None for {kind!r}, got {type(out).__name__}"
+        assert out.kind == kind and out.values.shape == like.values.shape, (
+            f"{name}: {kind} {tuple(like.values.shape)} gave {out.kind} {tuple(out.values.shape)}")
+        assert torch.isfinite(out.values).all(), f"{name}: {kind} values contain NaN/inf"
+        assert torch.equal(fn(like, batch, 0).values, out.values), f"{name}: {kind}: same seed, different values"
+        idx = [2, 0]
+        sub = fn(like.select(idx), batch.select(idx), 0)
+        assert torch.equal(sub.values, out.values[idx]), f"{name}: {kind}: a sample's baseline depends on the batch"
