@@ -149,3 +149,14 @@ def test_every_plugin_is_covered():
         ours = {n for n in cases[kind] if getattr(reg.get(n), "__module__", "").startswith("xaibench.")}
         extra = ours - found[kind]
         assert not extra, f"{kind}s in the contract suite with no registration found in the source: {sorted(extra)}"
+
+
+def test_cnn_fixture_refuses_to_run_without_its_weights(monkeypatch, tmp_path):
+    # reference: zoo.load pointed at an empty folder (no weights), not the fixture's own logic
+    from xaibench import zoo
+    from xaibench.testing.fixtures import FIXTURES
+
+    real = zoo.load
+    monkeypatch.setattr(zoo, "load", lambda name, weights=None: real(name, weights=tmp_path / "none.safetensors"))
+    with pytest.raises(FileNotFoundError, match=r"lesion_cnn.*`xaibench zoo train lesion_cnn`"):
+        FIXTURES.get("cnn")()
