@@ -12,9 +12,10 @@ train/eval mode, in-place flags): use :func:`model_guard` and :func:`capture_lay
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 from dataclasses import dataclass
-from typing import Any, ClassVar, Iterator
+from typing import Any, Callable, ClassVar, Iterator
 
 import torch
 from torch import Tensor, nn
@@ -38,6 +39,36 @@ class ExplainerInfo:
     fixture: str
 
 
+def nonfinite_samples(inputs: Tensor, *, nan_padding: bool = False) -> list[int]:
+    """Indices of the samples of ``inputs`` (B, ...) that hold NaN or ±Inf.
+
+    With ``nan_padding``, rows of set inputs (B, N, m) that are entirely NaN are padding and
+    not counted; a sample that is padding only is.
+    """
+    if inputs.ndim == 0:
+        return []
+    bad = ~torch.isfinite(inputs.detach())
+    if nan_padding and inputs.ndim == 3:
+        pad = torch.isnan(inputs.detach()).all(-1)  # (B, N)
+        per = (bad & ~pad[..., None]).flatten(1).any(1) | pad.all(1)
+    else:
+        per = bad.reshape(inputs.shape[0], -1).any(1)
+    return torch.nonzero(per).flatten().tolist()
+
+
+def _input_checked(fn: Callable[..., Attribution]) -> Callable[..., Attribution]:
+    """Wrap an explainer's ``explain`` / ``explain_batch`` so :meth:`Explainer.screen_inputs` runs first."""
+
+    @functools.wraps(fn)
+    def checked(self: "Explainer", *args: Any, **kw: Any) -> Attribution:
+        x = args[0] if args else kw.get("inputs", kw.get("batch"))
+        self.screen_inputs(x.inputs if isinstance(x, Batch) else x)
+        return fn(self, *args, **kw)
+
+    checked.__xaibench_checked__ = True  # type: ignore[attr-defined]
+    return checked
+
+
 class Explainer:
     """Base of every explainer. Subclasses set ``kind``, declare ``Settings`` and implement :meth:`explain`.
 
@@ -46,6 +77,13 @@ class Explainer:
     raises :class:`~xaibench.errors.SettingsError` naming the setting and what is allowed),
     read as ``self.settings.<name>``, and recorded by :meth:`get_params` for reports.
 
+    Inputs are checked before a subclass's :meth:`explain` / :meth:`explain_batch` runs (the
+    base wraps both when a subclass defines them, so every explainer gets the same check, see
+    :meth:`screen_inputs`): a floating tensor with NaN/Inf raises ``ValueError`` naming the
+    samples, and images whose channel count differs from the model's first convolution raise
+    ``ValueError`` saying what the model expects. Set inputs (B, N, m) may carry all-NaN rows
+    as padding (the bag convention of ``mil_folder``) unless ``nan_padding = False``.
+
     Args:
         model: the model to explain; never modified.
         **params: the explainer's settings (see its ``Settings``).
@@ -53,6 +91,9 @@ class Explainer:
 
     name: ClassVar[str] = ""
     kind: ClassVar[str] = "pixel"
+    #: Set inputs (B, N, m): all-NaN rows are padding, not refused (a sample of padding only is).
+    #: Set False where the model does not mask padding rows.
+    nan_padding: ClassVar[bool] = True
 
     class Settings(Settings):
         """No settings."""
@@ -60,6 +101,33 @@ class Explainer:
     def __init_subclass__(cls, **kw: Any) -> None:
         super().__init_subclass__(**kw)
         _legacy_defaults(cls)
+        for meth in ("explain", "explain_batch"):
+            fn = cls.__dict__.get(meth)
+            if callable(fn) and not getattr(fn, "__xaibench_checked__", False):
+                setattr(cls, meth, _input_checked(fn))
+
+    def screen_inputs(self, inputs: Any) -> None:
+        """Refuse inputs no explanation can be trusted on (called before every ``explain``).
+
+        Only floating tensors are checked; other inputs are left to the explainer.
+
+        Raises:
+            ValueError: NaN/Inf in some samples (named by index); images (B, C, H, W) or
+                volumes (B, C, D, H, W) with another channel count than the model's first
+                convolution takes.
+        """
+        if not isinstance(inputs, Tensor) or not inputs.is_floating_point():
+            return
+        who = self.name or type(self).__name__
+        bad = nonfinite_samples(inputs, nan_padding=self.nan_padding)
+        if bad:
+            shown = bad if len(bad) <= 10 else [*bad[:10], "..."]
+            raise ValueError(
+                f"{who}: inputs of samples {shown} ({len(bad)} of {inputs.shape[0]}) contain NaN/Inf; "
+                "the model's outputs on them, and so any explanation, are meaningless. Drop or repair "
+                "those samples first, e.g. keep = torch.isfinite(x).flatten(1).all(1); x = x[keep]")
+        if inputs.ndim in (4, 5) and isinstance(self.model, nn.Module):
+            check_channels(self.model, inputs, who)
 
     def __init__(self, model: nn.Module, **params: Any) -> None:
         self.model = model
@@ -188,10 +256,13 @@ def resolve_target(logits: Tensor, target: Target) -> Tensor:
 
     Args:
         logits: (B, K) model outputs.
-        target: None (predicted class), an int (same class for all), or (B,) tensor.
+        target: None (predicted class), an int (same class for all), or a (B,) tensor / list
+            of integer class indices (a one-element one applies to all). Floats are accepted only
+            when they are whole numbers (``1.0``); nothing is truncated.
 
     Raises:
-        ValueError: wrong shape, or a class index outside [0, K).
+        ValueError: a string, a non-integer number (``0.7``), NaN, wrong shape, or a class
+            index outside [0, K).
     """
     b, k = logits.shape[0], logits.shape[-1]
     if target is None:
@@ -199,18 +270,58 @@ def resolve_target(logits: Tensor, target: Target) -> Tensor:
     elif isinstance(target, int):
         t = torch.full((b,), target, dtype=torch.long, device=logits.device)
     else:
-        t = torch.as_tensor(target, device=logits.device).long().reshape(-1)
+        if isinstance(target, (str, bytes)) or (
+                isinstance(target, (list, tuple)) and any(isinstance(v, (str, bytes)) for v in target)):
+            raise ValueError(f"target: expected class indices (int or a ({b},) integer tensor), got the string(s) "
+                             f"{target!r}; map class names to their indices first")
+        try:
+            raw = torch.as_tensor(target, device=logits.device)
+        except (TypeError, ValueError, RuntimeError) as e:
+            raise ValueError(f"target: expected None, an int or a ({b},) integer tensor, got "
+                             f"{type(target).__name__} ({e})") from None
+        if raw.is_complex() or (raw.is_floating_point() and not bool((torch.isfinite(raw) & (raw == raw.round())).all())):
+            shown = raw.reshape(-1).tolist() if isinstance(target, Tensor) else target
+            raise ValueError(f"target: class indices must be whole numbers, got {shown!r}; pass integer class "
+                             "indices (a float target is never truncated)")
+        t = raw.long().reshape(-1)
         if t.numel() == 1 and b != 1:
             t = t.expand(b)
         if t.shape[0] != b:
-            raise ValueError(f"target: expected an int or a ({b},) tensor, got shape {tuple(torch.as_tensor(target).shape)}")
+            raise ValueError(f"target: expected an int or a ({b},) tensor, got shape {tuple(raw.shape)}")
     if t.numel() and (int(t.min()) < 0 or int(t.max()) >= k):
         raise ValueError(f"target: class indices must lie in [0, {k}), got {t.tolist()}")
     return t
 
 
-def check_images(inputs: Tensor, who: str) -> None:
-    """Raise ``ValueError`` unless ``inputs`` is a (B, C, H, W) floating tensor."""
+def first_conv(model: nn.Module, ndim: int) -> nn.Module | None:
+    """The first ``Conv2d`` (for (B, C, H, W) inputs) or ``Conv3d`` (for (B, C, D, H, W)) of
+    ``model`` in module order, the stem that reads the input channels; None if it has none."""
+    kind = {4: nn.Conv2d, 5: nn.Conv3d}.get(ndim)
+    if kind is None:
+        return None
+    for m in model.modules():
+        if isinstance(m, kind) and m.in_channels > 0:  # a lazy conv has 0 until its first call
+            return m
+    return None
+
+
+def check_channels(model: nn.Module, inputs: Tensor, who: str) -> None:
+    """Raise ``ValueError`` when images (B, C, H, W) or volumes (B, C, D, H, W) have another
+    channel count than the model's first convolution takes (models without one pass)."""
+    conv = first_conv(model, inputs.ndim)
+    if conv is None or inputs.shape[1] == conv.in_channels:
+        return
+    c, got = conv.in_channels, int(inputs.shape[1])
+    hint = (f"repeat the grey channel (x.expand(-1, {c}, *x.shape[2:]))" if got == 1
+            else "convert the inputs to the model's channels")
+    raise ValueError(f"{who}: the model expects {c}-channel inputs (its first {type(conv).__name__} has "
+                     f"in_channels={c}), got {got} channels in inputs of shape {tuple(inputs.shape)}; "
+                     f"{hint}, or use a model built for {got} channels")
+
+
+def check_images(inputs: Tensor, who: str, model: nn.Module | None = None) -> None:
+    """Raise ``ValueError`` unless ``inputs`` is a (B, C, H, W) floating tensor (with the
+    channel count of ``model``'s first Conv2d when a model is given)."""
     if not isinstance(inputs, Tensor):
         raise ValueError(f"{who}: expected inputs as a torch.Tensor (B, C, H, W), got {type(inputs).__name__}")
     if inputs.ndim != 4:
@@ -220,3 +331,5 @@ def check_images(inputs: Tensor, who: str) -> None:
         )
     if not inputs.is_floating_point():
         raise ValueError(f"{who}: expected floating-point inputs, got {inputs.dtype}")
+    if model is not None:
+        check_channels(model, inputs, who)

@@ -11,8 +11,10 @@ wants to give a reason per undefined sample. Register it with its metadata::
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable
 
+import torch
 from torch import Tensor, nn
 
 from .registry import Registry
@@ -20,6 +22,9 @@ from .settings import validate
 from .types import KINDS, Attribution, Batch, Direction, MetricInfo, MetricScores
 
 MetricFn = Callable[..., "Tensor | MetricScores"]
+
+#: The reason recorded for every sample whose map holds NaN or ±Inf.
+NONFINITE = "non-finite attribution"
 
 
 def _check_metric_meta(name: str, *, direction: str = "", kinds: tuple[str, ...] = (), **_: Any) -> None:
@@ -105,26 +110,73 @@ class Metric:
                 raise ValueError(f"{self.name}: needs batch.{need} (ground truth), which is None")
 
     def evaluate(self, attr: Attribution, batch: Batch, model: nn.Module | None = None) -> MetricScores:
-        """Scores and the reason for each undefined score."""
+        """Scores and the reason for each undefined score.
+
+        Every metric gets the same treatment of bad maps, whatever its function does: a sample
+        whose map (``values``, or the ``extras["pixel"]`` map a token attribution is scored
+        through) holds any NaN/Inf scores NaN with the reason ``"non-finite attribution"``;
+        the function sees those samples as zeros, so their neighbours in the batch are scored
+        as if they were alone. A NaN the function returns without a reason gets the metric's
+        registered ``undefined`` reason; an infinite score becomes NaN with a reason.
+        """
         self._check(attr, batch)
         kwargs = dict(self.params)
         if self.info.needs_model:
             if model is None:
                 raise ValueError(f"{self.name}: needs the model; call metric(attr, batch, model=model)")
             kwargs["model"] = model
-        out = self.fn(attr, batch, **kwargs)
-        res = out if isinstance(out, MetricScores) else MetricScores.from_nan(
-            out, getattr(self.fn, "__xaibench_undefined__", "undefined"))
+        bad = nonfinite_maps(attr)
+        out = self.fn(placeholder(attr, bad) if bad.any() else attr, batch, **kwargs)
+        undefined = getattr(self.fn, "__xaibench_undefined__", None) or "undefined"
+        res = out if isinstance(out, MetricScores) else MetricScores.from_nan(out, undefined)
         s = res.scores
         if not (isinstance(s, Tensor) and s.ndim == 1 and s.shape[0] == len(batch)):
             raise RuntimeError(f"{self.name}: metric returned shape {tuple(getattr(s, 'shape', ()))}, expected ({len(batch)},)")
-        return MetricScores(s.detach().float().cpu(), res.reasons)
+        if len(res.reasons) != len(batch):
+            raise RuntimeError(f"{self.name}: metric returned {len(res.reasons)} reasons for {len(batch)} samples")
+        s = s.detach().float().cpu().clone()
+        reasons = list(res.reasons)
+        for i in torch.nonzero(bad).flatten().tolist():
+            s[i], reasons[i] = math.nan, NONFINITE
+        for i in torch.nonzero(~torch.isfinite(s)).flatten().tolist():
+            if not math.isnan(float(s[i])):
+                s[i], reasons[i] = math.nan, f"{self.name} gave an infinite score ({float(s[i])})"
+            elif not reasons[i]:
+                reasons[i] = undefined
+        return MetricScores(s, reasons)
 
     def __call__(self, attr: Attribution, batch: Batch, model: nn.Module | None = None) -> Tensor:
         return self.evaluate(attr, batch, model).scores
 
     def __repr__(self) -> str:
         return f"Metric({self.name!r}, {self.protocol})"
+
+
+def _per_sample(v: Any, b: int) -> bool:
+    return isinstance(v, Tensor) and v.ndim > 0 and v.shape[0] == b and v.is_floating_point()
+
+
+def nonfinite_maps(attr: Attribution) -> Tensor:
+    """(B,) bool: samples whose ``values`` or ``extras["pixel"]`` map hold any NaN/Inf."""
+    b = attr.batch_size
+    bad = torch.zeros(b, dtype=torch.bool)
+    for v in (attr.values, attr.extras.get("pixel")):
+        if _per_sample(v, b):
+            bad |= ~torch.isfinite(v.detach()).reshape(b, -1).all(1).cpu()
+    return bad
+
+
+def placeholder(attr: Attribution, bad: Tensor) -> Attribution:
+    """A copy of ``attr`` whose ``bad`` samples are zeros, in ``values`` and in every per-sample
+    floating tensor of ``extras`` (so no NaN reaches a metric function); the rest unchanged."""
+    b = attr.batch_size
+
+    def fix(v: Tensor) -> Tensor:
+        m = bad.to(v.device).reshape(b, *([1] * (v.ndim - 1)))
+        return torch.where(m, torch.zeros((), dtype=v.dtype, device=v.device), v)
+
+    extras = {k: fix(v) if _per_sample(v, b) else v for k, v in attr.extras.items()}
+    return attr.replace(values=fix(attr.values), extras=extras)
 
 
 def create_metric(name: str, **params: Any) -> Metric:

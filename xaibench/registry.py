@@ -98,6 +98,7 @@ class Registry(Generic[T]):
         settings: derive each entry's settings model at registration (classes: their nested
             ``Settings``; functions: their typed keyword-only parameters).
         functions: whether plain functions (not classes) may be registered.
+        list_hint: how a user lists the entries (for the unknown-name message).
 
     Example:
         >>> WIDGETS = Registry("widget")
@@ -108,7 +109,7 @@ class Registry(Generic[T]):
     def __init__(self, what: str, *, base: type | None = None, key_pattern: str | None = None,
                  key_form: str = "", check_meta: Callable[..., None] | None = None,
                  make_info: Callable[..., Any] | None = None, settings: bool = True,
-                 functions: bool = True, settings_skip: tuple[str, ...] = ()) -> None:
+                 functions: bool = True, settings_skip: tuple[str, ...] = (), list_hint: str = "") -> None:
         self.what = what
         self.base = base
         self.key_pattern = re.compile(key_pattern) if key_pattern else None
@@ -118,6 +119,7 @@ class Registry(Generic[T]):
         self.derive_settings = settings
         self.functions = functions
         self.settings_skip = settings_skip
+        self.list_hint = list_hint or f"`xaibench list {what}s`"
         self._entries: dict[str, Entry[T]] = {}
 
     # ------------------------------------------------------------------ registration
@@ -233,7 +235,7 @@ class Registry(Generic[T]):
             fam = name.split(".", 1)[0] + ".*"
             close = [k for k in keys if fnmatch.fnmatchcase(k, fam)][:8]
         hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-        avail = f" ({len(keys)} registered; list them with `xaibench list {self.what}s`)"
+        avail = f" ({len(keys)} registered; list them with {self.list_hint})"
         return f"unknown {self.what} {name!r}{hint}{avail}"
 
 

@@ -67,7 +67,8 @@ class ZooEntry:
 
 
 #: The zoo: lower_snake keys, values :class:`ZooEntry` (its own metadata).
-ZOO: Registry[ZooEntry] = Registry("zoo_model", key_pattern=r"_?[a-z][a-z0-9_]*", key_form="lower_snake", settings=False)
+ZOO: Registry[ZooEntry] = Registry("zoo_model", key_pattern=r"_?[a-z][a-z0-9_]*", key_form="lower_snake", settings=False,
+                                   list_hint="`xaibench zoo list` (Python: xaibench.list_zoo())")
 
 
 def register_zoo(entry: ZooEntry) -> ZooEntry:

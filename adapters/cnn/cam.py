@@ -9,6 +9,7 @@ overrides :meth:`CAMExplainer.cam` only.
 from __future__ import annotations
 
 import warnings
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -58,6 +59,11 @@ class CAMExplainer(Explainer):
         (``"layer4"``); None = the last convolutional stage."""
         relu: bool = True
         """Clamp the map at 0; False keeps negative evidence."""
+
+    def __init__(self, model: nn.Module, **params: Any) -> None:
+        super().__init__(model, **params)
+        if self.settings.layer is not None:  # a wrong layer name fails at construction (before any run)
+            find_module(model, self.settings.layer)
 
     def cam(self, acts: Tensor, grads: Tensor) -> Tensor:
         """(B, C, h, w) activations and gradients -> (B, h, w) map."""

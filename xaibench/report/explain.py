@@ -81,7 +81,7 @@ def explain_one(model: str, method: str, *, dataset: str | None = None, index: i
         ds = create_dataset(dataset, n=index + 1, batch_size=1, seed=0, split="test", **dparams)
         batch = ds.collate([ds.sample(index)]) if hasattr(ds, "sample") and hasattr(ds, "collate") else list(ds)[index]
         label = int(batch.targets[0]) if batch.targets is not None else None
-        what = f"{dataset}{index}"
+        what = f"{dataset} sample {index}"
     if batch.inputs.ndim != 4:
         raise ValueError(f"explain: {dataset!r} gives inputs of shape {tuple(batch.inputs.shape)}, not images "
                          "(B, C, H, W); overlays need images")
@@ -100,7 +100,7 @@ def explain_one(model: str, method: str, *, dataset: str | None = None, index: i
     overlay(ax[1], img, heat, mask)
     ax[1].set_title(f"{method} for class {explained}", fontsize=8)
     fig.suptitle(f"{model}: predicted {pred} (p = {float(probs[pred]):.3f}); map min-max scaled for display", fontsize=9)
-    path = Path(out) if out is not None else Path(f"explain_{model}_{method}_{what}.png")
+    path = Path(out) if out is not None else Path(f"explain_{model}_{method}_{what.replace(' sample ', '_')}.png")
     path.parent.mkdir(parents=True, exist_ok=True)
     save(fig, path, dpi=110)
     text = (f"{model} on {what}: predicted class {pred} (p = {float(probs[pred]):.3f})"

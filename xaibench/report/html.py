@@ -96,6 +96,12 @@ def render_html(report: Report) -> str:
     if meta.get("description"):
         parts.append(f"<p>{e(meta['description'])}</p>")
     parts.append(_facts(meta, cells))
+    failed = cells[cells["status"] == "failed"] if "status" in cells else cells.iloc[:0]
+    if not failed.empty:
+        rows = "".join(f"<tr><td>{e(k)}</td><td><pre>{e(err)}</pre></td></tr>"
+                       for k, err in zip(failed["cell_key"], failed["error"]))
+        parts.append("<div class='warn'><b>Failed cells</b>: they have no rows and are retried by "
+                     f"<code>xaibench run CONFIG --out RUN --resume</code>.<table>{rows}</table></div>")
     for name_, msg in errors:
         parts.append(f"<div class='warn'><b>Warning:</b> figure <code>{e(name_)}</code> failed and is missing "
                      f"from this report.<pre>{e(msg)}</pre></div>")

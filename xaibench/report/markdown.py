@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import html
 import os
+import re
+from urllib.parse import quote
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +19,18 @@ LEGEND = ("**bold** = best in the row for that metric (ties share it), <u>underl
           "† = a method that does not beat the best baseline (random or centre prior) on that metric. "
           "Cells: mean [95% bootstrap CI].")
 
+_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+!|~>-])")
+
+
+def md(text: Any) -> str:
+    """A user string (name, label, description, error) as literal markdown text: markdown
+    punctuation backslash-escaped, HTML special characters as entities, one line."""
+    s = html.escape(" ".join(str(text).split()), quote=False)
+    return _MD_SPECIAL.sub(r"\\\1", s)
+
+
 def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    """A markdown table of already-escaped cells (only ``|`` is escaped here)."""
     esc = lambda s: str(s).replace("|", "\\|")  # noqa: E731
     out = ["| " + " | ".join(esc(h) for h in header) + " |", "|" + "---|" * len(header)]
     out += ["| " + " | ".join(esc(c) for c in r) + " |" for r in rows]
@@ -24,8 +38,8 @@ def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:
 
 
 def _frame(df: pd.DataFrame, digits: int = 2) -> list[str]:
-    rows = [[fmt(v, digits) if isinstance(v, float) else str(v) for v in r] for r in df.itertuples(index=False)]
-    return _md_table([str(c) for c in df.columns], rows)
+    rows = [[fmt(v, digits) if isinstance(v, float) else md(v) for v in r] for r in df.itertuples(index=False)]
+    return _md_table([md(c) for c in df.columns], rows)
 
 
 def _md_value(v: Any) -> str:
@@ -36,8 +50,8 @@ def _md_value(v: Any) -> str:
 
 
 def comparison_md(t: ComparisonTable) -> list[str]:
-    header = ["dataset", "model"] + [f"{m}: {meth}" for m in t.metrics for meth in t.methods]
-    rows = [list(row) + [_md_value(v) for v in t.row_values(row)] for row in t.rows]
+    header = ["dataset", "model"] + [f"{md(m)}: {md(meth)}" for m in t.metrics for meth in t.methods]
+    rows = [[md(x) for x in row] + [_md_value(v) for v in t.row_values(row)] for row in t.rows]
     return _md_table(header, rows)
 
 
@@ -46,17 +60,22 @@ def render_markdown(report: Report) -> str:
     d = report.data
     run_dir, meta, summary, skipped, cells = d.run_dir, d.meta, d.summary, d.skipped, d.cells
     paired, figures, errors = report.paired, report.figures, report.errors
-    lines = [f"# xaibench report: {meta.get('name', run_dir.name)}", ""]
+    lines = [f"# xaibench report: {md(meta.get('name', run_dir.name))}", ""]
     if meta.get("description"):
-        lines += [str(meta["description"]), ""]
+        lines += [md(meta["description"]), ""]
     lines += _run_facts(meta, cells)
+    failed = cells[cells["status"] == "failed"] if "status" in cells else cells.iloc[:0]
+    if not failed.empty:
+        lines += ["", "## Failed cells", "", "These cells raised; they have no rows and are retried by "
+                  "`xaibench run CONFIG --out RUN --resume`.", ""]
+        lines += _md_table(["cell", "error"], [[md(k), md(e)] for k, e in zip(failed["cell_key"], failed["error"])])
     for t in comparison_tables(summary):
-        lines += ["", f"## Study `{t.study}`", "", LEGEND, ""]
+        lines += ["", f"## Study {md(t.study)}", "", LEGEND, ""]
         lines += comparison_md(t)
         lines += ["", "Protocols (how each metric was measured):", ""]
         for p in protocols(summary[summary["study"] == t.study]):
-            lines.append(f"- `{p['metric']}` = `{p['metric_key']}` ({p['category']}, {p['direction']} is better): "
-                         f"{protocol_text(p['protocol'])}")
+            lines.append(f"- {md(p['metric'])} = {md(p['metric_key'])} ({md(p['category'])}, {p['direction']} is "
+                         f"better): {md(protocol_text(p['protocol']))}")
     if not summary.empty:
         lines += ["", "## Samples per cell: n scored (n undefined)", ""] + _frame(counts_table(summary))
         lines += ["", "## Seconds per sample (ms, explain time / batch size)", ""] + _frame(seconds_table(summary))
@@ -71,21 +90,23 @@ def render_markdown(report: Report) -> str:
     if figures or errors:
         lines += ["", "## Figures", ""]
         for _, title, path in figures:
-            lines += [f"### {title}", "", f"![{title}]({Path(os.path.relpath(path, run_dir)).as_posix()})", ""]
+            rel = quote(Path(os.path.relpath(path, run_dir)).as_posix())
+            lines += [f"### {md(title)}", "", f"![{md(title)}]({rel})", ""]
         for name, msg in errors:
-            lines += [f"> **Warning:** figure `{name}` failed: {msg.splitlines()[0]}", ""]
+            lines += [f"> **Warning:** figure {md(name)} failed: {md(msg.splitlines()[0])}", ""]
     return "\n".join(lines) + "\n"
 
 
 def _run_facts(meta: dict[str, Any], cells: pd.DataFrame) -> list[str]:
     v = meta.get("versions", {})
     done = int((cells["status"] == "done").sum()) if not cells.empty else 0
+    n_failed = int((cells["status"] == "failed").sum()) if not cells.empty else 0
     lines = [f"- config hash `{meta.get('config_hash')}`, seed {meta.get('seed')}, "
              f"{done}/{len(cells)} cells finished",
              f"- started {meta.get('started_at')}, finished {meta.get('finished_at') or '— (unfinished)'}"
              + (f", resumed {', '.join(meta['resumed_at'])}" if meta.get("resumed_at") else ""),
              "- versions: " + ", ".join(f"{k} {val}" for k, val in v.items())]
     if done < len(cells):
-        lines.append(f"- **incomplete run**: {len(cells) - done} cells not finished; continue with "
+        lines.append(f"- **incomplete run**: {len(cells) - done} cells not finished ({n_failed} failed); continue with "
                      "`xaibench run CONFIG --out RUN --resume`")
     return lines
