@@ -36,7 +36,6 @@ from typing import Annotated, Any, Literal
 import numpy as np
 import torch
 from pydantic import Field, model_validator
-
 from torch import Tensor
 
 from xaibench import Batch, SampleDataset, register_dataset, sample_rng
@@ -261,7 +260,7 @@ class Faces(SampleDataset):
         face crops a face-analysis pipeline feeds its CNN; 1.0 shows the shoulders)."""
 
         @model_validator(mode="after")
-        def _counts_per_class(self) -> "Faces.Settings":
+        def _counts_per_class(self) -> Faces.Settings:
             c = self.class_counts
             if c is not None and (len(c) != len(self.classes) or sum(c) == 0):
                 raise ValueError(f"class_counts must give one count >= 0 per class ({len(self.classes)}) "

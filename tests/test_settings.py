@@ -57,9 +57,8 @@ def wrong_value(ann: Any) -> Any:
         for a in args:
             if (v := wrong_value(a)) is not NOTHING:
                 return v
-    if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
-        if (v := wrong_value(args[0])) is not NOTHING:
-            return (v,)
+    if origin is tuple and len(args) == 2 and args[1] is Ellipsis and (v := wrong_value(args[0])) is not NOTHING:
+        return (v,)
     return NOTHING
 
 
