@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import xaibench
+from xaibench.store import save_examples
 from xaibench import zoo
 from xaibench.adapters.fcm.figures import fcm_head_fractions, fcm_projections
 from xaibench.metrics.fcm_gradient_step import f1_score
@@ -43,9 +44,10 @@ def test_figures_draw_from_a_run_folder(tmp_path, batch, monkeypatch):
     (tmp_path / "examples").mkdir()
     for i, (key, params) in enumerate([("fcm.attention", {"n_queries": 100}), ("fcm.gradient", {"selection": "positive"})]):
         a = xaibench.create_explainer(key, model, **params).explain_batch(batch)
-        torch.save({"study": "s", "dataset": "d", "model": "m", "explainer": key, "explainer_key": key, "is_baseline": False,
-                    "kind": a.kind, "values": a.values, "extras": a.extras, "inputs": batch.inputs, "masks": None,
-                    "targets": batch.targets, "ids": batch.ids}, tmp_path / "examples" / f"{i}.pt")
+        save_examples(tmp_path, f"s/d/m/{key}", {
+            "study": "s", "dataset": "d", "model": "m", "explainer": key, "explainer_key": key, "is_baseline": False,
+            "kind": a.kind, "values": a.values, "extras": a.extras, "inputs": batch.inputs, "masks": None,
+            "targets": batch.targets, "ids": batch.ids})
     figs = fcm_projections(tmp_path, pd.DataFrame(), pd.DataFrame())
     assert len(figs) == 2 and all(p.exists() for _, p in figs)
     rows = [{"study": "s", "dataset": "d", "model": "m", "explainer": e, "explainer_key": k, "metric": f"top5%@H{h}",

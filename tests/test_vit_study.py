@@ -51,4 +51,4 @@ batch_size = 6
     res = run_benchmark(tmp_path / "my.toml", out=tmp_path / "run", quiet=True)
     assert res.n_run == res.n_cells == 4 + 2
     report = (tmp_path / "run" / "report.md").read_text()
-    assert "pointing_game: vit.chefer" in report and "my_data" in report
+    assert "pointing\\_game: vit.chefer" in report and "my\\_data" in report  # markdown-escaped labels

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from .registry import FAMILY_KEY, Registry
-from .settings import Settings, _legacy_defaults, validate
+from .settings import Settings, validate
 from .types import Batch
 
 
@@ -97,10 +97,6 @@ class SampleDataset:
 
     class Settings(Settings):
         """No settings."""
-
-    def __init_subclass__(cls, **kw: Any) -> None:
-        super().__init_subclass__(**kw)
-        _legacy_defaults(cls)
 
     def __init__(self, n: int = 64, batch_size: int = 16, seed: int = 0, split: str = "test", **params: Any):
         if n < 1 or batch_size < 1:

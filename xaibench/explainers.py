@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from .registry import FAMILY_KEY, Registry
-from .settings import Settings, _legacy_defaults, validate
+from .settings import Settings, validate
 from .util import close_matches
 from .types import KINDS, Attribution, Batch
 
@@ -100,7 +100,6 @@ class Explainer:
 
     def __init_subclass__(cls, **kw: Any) -> None:
         super().__init_subclass__(**kw)
-        _legacy_defaults(cls)
         for meth in ("explain", "explain_batch"):
             fn = cls.__dict__.get(meth)
             if callable(fn) and not getattr(fn, "__xaibench_checked__", False):

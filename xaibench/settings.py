@@ -94,15 +94,6 @@ def settings_from_signature(fn: Callable[..., Any], *, name: str, skip: tuple[st
     return create_model(model_name, __base__=Settings, **fields)
 
 
-def _legacy_defaults(cls: type) -> None:  # TRANSITIONAL: removed once every plugin declares Settings
-    own = cls.__dict__.get("defaults")
-    if isinstance(own, dict) and "Settings" not in cls.__dict__:
-        from typing import Any as _Any
-        parent = cls.Settings  # type: ignore[attr-defined]
-        fields = {k: (_Any, v) for k, v in own.items() if k not in parent.model_fields or True}
-        cls.Settings = create_model(f"{cls.__name__}Settings", __base__=parent, **fields)  # type: ignore[attr-defined]
-
-
 def _fmt_loc(loc: tuple[Any, ...]) -> str:
     return ".".join(str(x) for x in loc)
 

@@ -330,7 +330,7 @@ def safe_name(key: str) -> str:
 def _flatten(obj: Any, path: str, tensors: dict[str, Any]) -> Any:
     import torch
     if isinstance(obj, torch.Tensor):
-        tensors[path] = obj.detach().cpu().contiguous()
+        tensors[path] = obj.detach().cpu().contiguous().clone()  # safetensors refuses shared storage
         return {"__tensor__": path}
     if isinstance(obj, dict):
         return {str(k): _flatten(v, f"{path}.{k}", tensors) for k, v in obj.items()}

@@ -13,6 +13,7 @@ refuses when the data a finished cell read has changed on disk.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import os
 import platform
@@ -244,7 +245,13 @@ def run_benchmark(
             prog = _Progress(progress_enabled(quiet), len(todo))
 
             def commit(res: CellResult) -> None:
-                files = save_examples(run_dir, res.key, res.examples) if res.examples is not None and not res.error else []
+                files: list[str] = []
+                if res.examples is not None and not res.error:
+                    try:
+                        files = save_examples(run_dir, res.key, res.examples)
+                    except OSError as exc:  # e.g. a full disk: this cell fails, the grid goes on
+                        res = dataclasses.replace(res, rows=[], skipped=[], examples=None,
+                                                  error=f"writing the cell's example maps failed: {exc}")
                 store.commit_cell(res, files)
                 if res.error:
                     failed[res.key] = res.error
