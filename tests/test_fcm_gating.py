@@ -43,6 +43,14 @@ def test_fasinh_parameters_reproduce_the_model_scale():
     np.testing.assert_allclose(fasinh * m * np.log(10), np.arcsinh(x / 150.0), rtol=1e-9, atol=1e-12)
 
 
+def _edge_distance(pts, verts):
+    """(N,) distance of each point to the nearest polygon edge (float64)."""
+    a, b = verts, np.roll(verts, -1, 0)
+    ab = b - a
+    t = np.clip(((pts[:, None] - a) * ab).sum(-1) / np.maximum((ab * ab).sum(-1), 1e-300), 0, 1)
+    return np.linalg.norm(pts[:, None] - (a + t[..., None] * ab), axis=-1).min(1)
+
+
 def test_flowkit_gates_the_same_events(sample, tmp_path):
     fk = pytest.importorskip("flowkit", reason="FlowKit is the optional 'gating' extra (pip install 'xaibench[gating]')")
     from xaibench.datasets.fcs import write_fcs
@@ -53,8 +61,15 @@ def test_flowkit_gates_the_same_events(sample, tmp_path):
                           compensation="uncompensated")
     strategy = fk.parse_gating_xml(str(xml))
     res = strategy.gate_sample(fk.Sample(str(fcs)))
+    # reference: FlowKit's own gating of the exported file; exact for every event farther than
+    # 1e-3 (model scale) from a gate edge on its path (float32 FCS values and the fasinh round
+    # trip move events by ~1e-6)
     ours = torch.ones(events.shape[0], dtype=torch.bool)
+    near = np.zeros(events.shape[0], dtype=bool)
     for j, name in enumerate(p["names"]):
-        ours &= points_in_polygon(events[None][..., list(p["dims"][j])], p["vertices"][j:j + 1])[0]
-        theirs = torch.as_tensor(res.get_gate_membership(name))
-        assert (theirs == ours).float().mean() > 0.999
+        xy = events[None][..., list(p["dims"][j])]
+        ours &= points_in_polygon(xy, p["vertices"][j:j + 1])[0]
+        near |= _edge_distance(xy[0].double().numpy(), p["vertices"][j].double().numpy()) < 1e-3
+        theirs = np.asarray(res.get_gate_membership(name), dtype=bool)
+        assert near.mean() < 0.01
+        assert np.array_equal(theirs[~near], ours.numpy()[~near]), name
