@@ -1,4 +1,4 @@
-"""Synthetic medical-style lesion images with exact masks and boxes (the proving slice).
+"""Synthetic medical-style lesion images with exact masks and boxes (a localisation sanity benchmark).
 
 Each image is a textured tissue-like background with one lesion and a few small
 distractor spots. The class is the lesion type: 0 = bright, round, smooth-edged;

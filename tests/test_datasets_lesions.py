@@ -1,4 +1,4 @@
-"""The lesion proving slice: seeded, sample-wise deterministic, exact ground truth."""
+"""Lesion images: seeded, sample-wise deterministic, exact ground truth."""
 
 import torch
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import xaibench
-from xaibench.adapters.cnn.analyses import (
+from xaibench.studies.faces.analyses import (
     align, class_maps, normalise_maps, patient_maps, similarity_maps, similarity_transforms,
 )
 

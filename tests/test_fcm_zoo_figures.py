@@ -9,7 +9,7 @@ import torch
 import xaibench
 from xaibench.store import save_examples
 from xaibench import zoo
-from xaibench.adapters.fcm.figures import fcm_head_fractions, fcm_projections
+from xaibench.studies.fcm.figures import fcm_head_fractions, fcm_projections
 from xaibench.metrics.fcm_gradient_step import f1_score
 
 
@@ -39,7 +39,7 @@ def test_polygon_weights_place_the_gates(batch):
 
 
 def test_figures_draw_from_a_run_folder(tmp_path, batch, monkeypatch):
-    monkeypatch.setattr("xaibench.adapters.fcm.figures.N_BACKGROUND", 1000)  # fewer grey points: faster
+    monkeypatch.setattr("xaibench.studies.fcm.figures.N_BACKGROUND", 1000)  # fewer grey points: faster
     model = zoo.load("fcm_reluformer")
     (tmp_path / "examples").mkdir()
     for i, (key, params) in enumerate([("fcm.attention", {"n_queries": 100}), ("fcm.gradient", {"selection": "positive"})]):

@@ -1,4 +1,4 @@
-"""CNN model builders (timm) and the proving slice's zoo entry ``lesion_cnn``."""
+"""CNN model builders (timm) and the lesion zoo entry ``lesion_cnn``."""
 
 from __future__ import annotations
 

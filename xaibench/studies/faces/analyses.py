@@ -1,4 +1,4 @@
-"""The thesis' analyses on top of pixel attributions: patient-wise maps, syndrome-wise
+"""Analyses of the facial-CNN study (dysmorphology syndrome classifiers) on top of pixel attributions: patient-wise maps, syndrome-wise
 (class-level) maps, composite faces, similarity maps of an embedding model, and the
 class-imbalance study.
 
@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from xaibench import Attribution, Batch, create_explainer
 from xaibench.explainers import capture_layer, check_images, find_module, model_guard
 
-from .cam import default_cnn_layer
+from xaibench.adapters.cnn.cam import default_cnn_layer
 
 #: landmarks used for alignment (indices into ``faces``' ``meta["landmarks"]``): eyes and mouth
 ALIGN_POINTS = (0, 1, 3)
@@ -123,7 +123,7 @@ def class_maps(model: nn.Module, batches: Iterable[Batch], method: str, params: 
     """Syndrome-wise maps and composite faces over a data set.
 
     Each sample is explained for its true class; with ``only_correct`` only correctly
-    classified samples count (as the thesis plans). Maps are normalised per sample
+    classified samples count (as in the facial-CNN study design). Maps are normalised per sample
     (``normalise``), aligned on the eyes and mouth when ``meta["landmarks"]`` exists and
     ``align_faces``, and averaged per class, as are the images (the composite face).
     """

@@ -17,16 +17,16 @@ import numpy as np
 import pandas as pd
 import torch
 
+from xaibench.store import load_run
 from xaibench.report.figures import figure_path, new_figure, overlay, register_figure, save
 
-from .analyses import class_maps, normalise_maps
+from .analyses import class_maps, normalise_maps, patient_maps, similarity_maps
 
 PER_CLASS = 6
 MAX_METHODS = 14
 
 
 def _face_studies(run_dir: Path) -> list[dict[str, Any]]:
-    from xaibench.store import load_run
 
     cfg = load_run(run_dir).meta.get("config") or {}
     out = []
@@ -105,7 +105,6 @@ def faces_class_maps(run_dir: Path, results: pd.DataFrame, summary: pd.DataFrame
 def _similarity(run_dir: Path, st: dict[str, Any], model: Any, batch: Any, classes: list[str]) -> list[tuple[str, Path]]:
     """Per syndrome, two of its faces and the regions that make them similar to each other
     (GradCAM of the cosine similarity of their embeddings, unfiltered)."""
-    from .analyses import similarity_maps
 
     pairs = [torch.nonzero(batch.targets == c).flatten()[:2] for c in range(len(classes))]
     pairs = [p for p in pairs if len(p) == 2]
@@ -131,7 +130,6 @@ def _similarity(run_dir: Path, st: dict[str, Any], model: Any, batch: Any, class
 def _patients(run_dir: Path, st: dict[str, Any], methods: list[dict[str, Any]], model: Any, batch: Any,
               classes: list[str]) -> list[tuple[str, Path]]:
     """One patient per syndrome (the first of its class), each method's map (signed, max-abs)."""
-    from .analyses import patient_maps
 
     idx = [int(torch.nonzero(batch.targets == c)[0]) for c in range(len(classes)) if (batch.targets == c).any()]
     sub = batch.select(idx)
