@@ -1,12 +1,14 @@
 """Properties of the CNN pixel methods beyond the reference libraries: settings are checked,
 channel reductions mean what they say, completeness, batching choices do not change maps."""
 
+import math
+
 import pytest
 import torch
 
 import xaibench
 from xaibench.adapters.cnn._common import make_baseline, reduce_channels
-from xaibench.adapters.cnn.occlusion import auto_batch_size, window_starts
+from xaibench.adapters.cnn.occlusion import PIXELS_PER_FORWARD, auto_batch_size, window_starts
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +43,6 @@ def test_baselines(x):
 
 def test_occlusion_window_layout_and_settings(model, x):
     assert window_starts(112, 10, 5) == list(range(0, 106, 5))  # 22 per axis, the last cut at the border
-    assert auto_batch_size(112, 112) == 15 and auto_batch_size(2000, 2000) == 1
     ref = xaibench.explain(model, x, "cnn.occlusion", target=1, window=8, stride=4)
     for bs in (1, 7, 500):  # batching never changes the map
         other = xaibench.explain(model, x, "cnn.occlusion", target=1, window=8, stride=4, batch_size=bs)
@@ -51,6 +52,32 @@ def test_occlusion_window_layout_and_settings(model, x):
                 {"batch_size": 0}):
         with pytest.raises(ValueError):
             xaibench.explain(model, x, "cnn.occlusion", target=1, **bad)
+
+
+def test_occlusion_auto_batch_is_the_largest_under_the_pixel_budget():
+    # reference: the documented rule as a property (pixels per forward <= PIXELS_PER_FORWARD,
+    # 1..256 images, and one more image would exceed the budget), not the numbers it gives
+    for sizes in [(112, 112), (64, 64), (32, 32), (7, 9), (500, 401), (2000, 2000), (8, 64, 64)]:
+        pixels = math.prod(sizes)
+        bs = auto_batch_size(*sizes)
+        assert 1 <= bs <= 256
+        assert bs == 1 or bs * pixels <= PIXELS_PER_FORWARD, (sizes, bs)
+        assert bs == 256 or (bs + 1) * pixels > PIXELS_PER_FORWARD, (sizes, bs)
+
+
+def test_occlusion_forwards_use_the_auto_batch(model):
+    # reference: the batch sizes the model actually sees, recorded by a forward hook
+    x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(4))
+    seen = []
+    handle = model.register_forward_hook(lambda _m, inp, _o: seen.append(inp[0].shape[0]))
+    try:
+        attr = xaibench.explain(model, x, "cnn.occlusion", target=1, window=4, stride=4)  # 256 windows
+    finally:
+        handle.remove()
+    cap = auto_batch_size(64, 64)
+    occluded = seen[1:]  # the first forward is the clean image
+    assert sum(occluded) == attr.extras["n_windows"] == 256
+    assert max(occluded) == cap and all(n * 64 * 64 <= max(PIXELS_PER_FORWARD, 64 * 64) for n in occluded)
 
 
 def test_occlusion_sign(model, x):

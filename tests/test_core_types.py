@@ -1,5 +1,7 @@
 """Attribution and Batch: shapes are checked, sub-batches keep every field aligned."""
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -15,7 +17,7 @@ def test_attribution_checks_kind_and_shape():
     with pytest.raises(ValueError, match="grid"):
         Attribution(values=torch.zeros(2, 4), kind="token", method="m")
     a = Attribution(values=torch.zeros(2, 4), kind="token", method="m", extras={"grid": (2, 2)})
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError, match="cannot assign to field 'kind'"):
         a.kind = "pixel"  # frozen
 
 
