@@ -50,7 +50,7 @@ def test_occlusion_window_layout_and_settings(model, x):
     assert ref.extras["n_windows"] == 7 * 7
     for bad in ({"window": 0}, {"window": (3, 4, 5)}, {"stride": -1}, {"window": 40}, {"baseline": "noise"},
                 {"batch_size": 0}):
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match=next(iter(bad))):  # SettingsError is a ValueError
             xaibench.explain(model, x, "cnn.occlusion", target=1, **bad)
 
 

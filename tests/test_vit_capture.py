@@ -76,7 +76,7 @@ def test_context_leaves_the_model_exactly_as_found():
         assert not torch.is_grad_enabled()
     assert torch.is_grad_enabled() == grad_mode
     assert model_fingerprint(model) == before
-    with pytest.raises(RuntimeError):  # restored even when the body raises
+    with pytest.raises(RuntimeError, match="boom"):  # restored even when the body raises
         with attention_capture(model):
             raise RuntimeError("boom")
     assert model_fingerprint(model) == before

@@ -165,7 +165,7 @@ def test_token_maps_are_scored_by_pixel_metrics(vit, x):
     ("vit.chefer", {"readout": "nope"}),
 ])
 def test_bad_settings_raise_valueerror(vit, x, name, params):
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=next(iter(params))):  # names the bad setting
         xaibench.explain(vit, x, name, **params)
 
 
