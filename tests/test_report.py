@@ -67,7 +67,11 @@ def test_best_is_marked_and_methods_below_the_best_baseline_are_flagged(run_dir)
         best_text = next(v.text() for v in vals.values() if v.mark == "best")
         assert f"**{best_text}**" in md
         assert re.search(r"<td class='best[^']*'[^>]*>" + re.escape(best_text) + "<", html)
-    assert "class='below" in html or "†" not in md  # flags render when there are any
+    # reference: the flags checked above against the means; every flagged cell renders, no other
+    flagged = sum(t.get(t.rows[0], metric, m).below_baseline for metric in t.metrics for m in t.methods)
+    assert flagged > 0  # the random CNN here does not beat the centre prior: there are flags to render
+    assert len(re.findall(r"<td class='[^']*\bbelow\b", html)) == flagged
+    assert sum(line.count(" †") for line in md.splitlines() if line.startswith("|")) == flagged
 
 
 def test_lower_is_better_metrics_mark_the_minimum():
