@@ -1,5 +1,7 @@
 """Registries: unique keys, close-match errors, glob listing, explain/create API."""
 
+import os
+
 import pytest
 
 from xaibench.errors import SettingsError
@@ -94,5 +96,14 @@ def test_packages_are_namespaced():
 
     assert xaibench.metrics.__name__ == "xaibench.metrics"
     assert xaibench.datasets.__name__ == "xaibench.datasets"
-    top = importlib.util.find_spec("metrics")
-    assert top is None or "xaibench" not in str(top.origin or "")
+    # reference: a fresh interpreter outside the source tree (so the checkout's own folders are not
+    # on sys.path) sees no top-level adapters/metrics/datasets from the installed package
+    import subprocess
+    import sys
+    import tempfile
+
+    code = "import importlib.util as u; print([u.find_spec(n) is None for n in ('adapters', 'metrics', 'datasets', 'xaibench')])"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    with tempfile.TemporaryDirectory() as cwd:
+        out = subprocess.run([sys.executable, "-c", code], cwd=cwd, env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split("\n")[0] == "[True, True, True, False]", out.stdout
