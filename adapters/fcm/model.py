@@ -114,25 +114,59 @@ class ReluFormerLayer(nn.Module):
         return self.attend(x, s, z)
 
 
+def _folded(norm: nn.LayerNorm, lin: nn.Linear) -> tuple[Tensor, Tensor]:
+    """``lin(norm(x)) = normalise(x) @ W + b``: the norm's scale and shift folded into the
+    linear layer. Returns W (in, out) and b (out,)."""
+    w, b = lin.weight, lin.bias if lin.bias is not None else lin.weight.new_zeros(lin.out_features)
+    if norm.weight is not None:
+        b = b + w @ norm.bias if norm.bias is not None else b
+        w = w * norm.weight
+    return w.t(), b
+
+
 def _layer_nograd(layer: ReluFormerLayer, x: Tensor, chunk: int, out: Tensor) -> tuple[Tensor, Tensor]:
-    """Chunked no-grad block: one pass computes q, k, v with one GEMM, accumulates the sums and
-    keeps ReLU(Q); a second writes each chunk's output into ``out`` (may be ``x``) in place.
-    Returns the sums."""
-    parts = _chunks(x.shape[1], chunk)
-    d = x.shape[-1]
-    phi_q = torch.empty_like(x)
-    s = z = None
-    for a, b in parts:
-        q, k, v = layer.attn.qkv(layer.norm1(x[:, a:b])).split(d, -1)
-        torch.clamp_min(q, 0, out=phi_q[:, a:b])
-        sc, zc = kv_sums(F.relu(k), v, layer.attn.block)
-        s, z = (sc, zc) if s is None else (s + sc, z + zc)
+    """Chunked no-grad block, sample by sample: one pass accumulates the sums and keeps ReLU(Q);
+    a second writes each chunk's output into ``out`` (may be ``x``) in place. Returns the sums
+    (B, d, d) and (B, d), as :func:`kv_sums`.
+
+    Fewer, cache-sized passes than the module's own maths: the layer norms' scale and shift
+    are folded into the next linear layer; ReLU(Q) is divided by its normaliser first, so
+    the attention numerators and the output projection are one (d, d) matrix per sample
+    (S·W_proj); the residual additions are in-place GEMMs (``addmm_``)."""
+    bsz, n, d = x.shape
+    att = layer.attn
+    heads, dh = att.n_heads, att.head_dim
+    wqkv, bqkv = _folded(layer.norm1, att.qkv)
+    wq, bq, wkv, bkv = wqkv[:, :d], bqkv[:d], wqkv[:, d:], bqkv[d:]
+    w1, b1 = _folded(layer.norm2, layer.ffn[0])
+    w2, b2 = layer.ffn[2].weight.t(), layer.ffn[2].bias
+    approximate = getattr(layer.ffn[1], "approximate", "none")
+    eps1, eps2 = layer.norm1.eps, layer.norm2.eps
+    parts = _chunks(n, chunk)
+    s, z = x.new_zeros(bsz, d, d), x.new_zeros(bsz, d)
+    phi_q = x.new_empty(n, d)
     if out is not x:
         out.copy_(x)
-    for a, b in parts:
-        xc = out[:, a:b]
-        xc += layer.attn.proj(linear_attend(phi_q[:, a:b], s, z, layer.attn.head_of, layer.eps))
-        xc += layer.ffn(layer.norm2(xc))
+    for i in range(bsz):
+        xi, oi = x[i], out[i]
+        for a, b in parts:
+            h = F.layer_norm(xi[a:b], (d,), eps=eps1)
+            torch.addmm(bq, h, wq, out=phi_q[a:b]).clamp_min_(0)
+            kv = torch.addmm(bkv, h, wkv)
+            k = kv[:, :d].clamp_min_(0)
+            s[i].addmm_(k.t(), kv[:, d:])
+            z[i] += k.sum(0)
+        s[i] *= att.block
+        num_proj = s[i] @ att.proj.weight.t()  # (d, d): numerators, then the output projection
+        z_heads = z[i, :, None] * att.head_of  # (d, heads): the normalisers' weights
+        for a, b in parts:
+            q = phi_q[a:b]
+            inv = (q @ z_heads).clamp_min_(layer.eps).reciprocal_()  # (n, heads)
+            q = (q.view(b - a, heads, dh) * inv[:, :, None]).view(b - a, d)
+            xc = oi[a:b]
+            xc.addmm_(q, num_proj).add_(att.proj.bias)
+            u = F.gelu(torch.addmm(b1, F.layer_norm(xc, (d,), eps=eps2), w1), approximate=approximate)
+            xc.addmm_(u, w2).add_(b2)
     return s, z
 
 
@@ -141,6 +175,7 @@ class _ChunkedLayer(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, x: Tensor, layer: ReluFormerLayer, chunk: int, *params: Tensor) -> Tensor:
+        x = x.contiguous()
         out = torch.empty_like(x)
         s, z = _layer_nograd(layer, x, chunk, out)
         ctx.layer, ctx.chunk = layer, chunk
@@ -223,7 +258,9 @@ class ReluFormer(nn.Module):
         gate_dims: for ``polygon``, the (x, y) marker indices of each gate (P pairs).
         gate_names: names of the P gates.
         n_vertices: vertices per polygon (V).
-        chunk_size: events per chunk of the chunked forward/backward (memory vs. overhead).
+        chunk_size: events per chunk of the chunked forward/backward (memory vs. overhead; 16384
+            keeps a chunk's temporaries near the CPU caches: a 200k-event forward ran ~1.4x faster
+            than with 65536 on one thread).
         eps: floor of the attention normaliser.
 
     Example:
@@ -234,7 +271,7 @@ class ReluFormer(nn.Module):
 
     def __init__(self, n_markers: int, d_model: int = 64, n_heads: int = 4, n_layers: int = 2, ffn_mult: int = 4,
                  task: str = "classify", n_classes: int = 2, gate_dims: Sequence[Sequence[int]] = (),
-                 gate_names: Sequence[str] = (), n_vertices: int = 8, chunk_size: int = 65536, eps: float = 1e-6) -> None:
+                 gate_names: Sequence[str] = (), n_vertices: int = 8, chunk_size: int = 16384, eps: float = 1e-6) -> None:
         super().__init__()
         if task not in ("classify", "polygon"):
             raise ValueError(f"fcm.reluformer: task must be 'classify' or 'polygon', got {task!r}")

@@ -1,0 +1,103 @@
+"""ReluFormer's fused no-grad path (issue 13) pinned to the previous implementation.
+
+Reference: ``previous_layer_nograd`` below is the chunked no-grad block as it was before the
+fused rewrite (module maths: LayerNorm, one qkv GEMM, ``kv_sums`` / ``linear_attend``, proj,
+FFN), kept verbatim; the float64 linear == explicit N×N tests live in test_fcm_model.py.
+"""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import xaibench
+from xaibench.adapters.fcm.model import _chunks, kv_sums, linear_attend
+
+
+def previous_layer_nograd(layer, x, chunk, out):
+    parts = _chunks(x.shape[1], chunk)
+    d = x.shape[-1]
+    phi_q = torch.empty_like(x)
+    s = z = None
+    for a, b in parts:
+        q, k, v = layer.attn.qkv(layer.norm1(x[:, a:b])).split(d, -1)
+        torch.clamp_min(q, 0, out=phi_q[:, a:b])
+        sc, zc = kv_sums(F.relu(k), v, layer.attn.block)
+        s, z = (sc, zc) if s is None else (s + sc, z + zc)
+    if out is not x:
+        out.copy_(x)
+    for a, b in parts:
+        xc = out[:, a:b]
+        xc += layer.attn.proj(linear_attend(phi_q[:, a:b], s, z, layer.attn.head_of, layer.eps))
+        xc += layer.ffn(layer.norm2(xc))
+    return s, z
+
+
+def previous_forward(model, events, chunk):
+    """The previous no-grad ``ReluFormer.forward`` (classify task)."""
+    x = torch.cat([model.embed(events[:, a:b]) for a, b in _chunks(events.shape[1], chunk)], 1)
+    for layer in model.layers:
+        previous_layer_nograd(layer, x, chunk, x)
+    return model.head(model.norm(x))
+
+
+def _model(chunk, d_model=64, heads=4, seed=0):
+    torch.manual_seed(seed)
+    model = xaibench.create_model("fcm.reluformer", n_markers=11, d_model=d_model, n_heads=heads, n_layers=2,
+                                  chunk_size=chunk).eval()
+    with torch.no_grad():  # non-trivial norms, so that folding their scale and shift is tested
+        for m in model.modules():
+            if isinstance(m, torch.nn.LayerNorm):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.normal_(0, 0.3)
+    return model
+
+
+def _events(b, n, seed=1):
+    return torch.randn(b, n, 11, generator=torch.Generator().manual_seed(seed)) * 2 + 1
+
+
+@pytest.mark.parametrize("chunk,d_model,heads", [(1000, 64, 4), (333, 32, 2), (10_000, 16, 4)])
+def test_fused_forward_equals_previous_float32(chunk, d_model, heads):
+    model = _model(chunk, d_model, heads)
+    e = _events(2, 2500)
+    with torch.inference_mode():
+        ours, ref = model(e), previous_forward(model, e, chunk)
+    torch.testing.assert_close(ours, ref, atol=2e-5, rtol=1e-4)
+
+
+def test_fused_sums_equal_previous_and_out_of_place():
+    model = _model(500)
+    layer = model.layers[0]
+    x = torch.randn(2, 1700, 64, generator=torch.Generator().manual_seed(3))
+    from xaibench.adapters.fcm.model import _layer_nograd
+    with torch.no_grad():
+        out_new, out_old = torch.empty_like(x), torch.empty_like(x)
+        s_new, z_new = _layer_nograd(layer, x, 500, out_new)
+        s_old, z_old = previous_layer_nograd(layer, x, 500, out_old)
+    torch.testing.assert_close(out_new, out_old, atol=2e-5, rtol=1e-4)
+    torch.testing.assert_close(s_new, s_old, atol=1e-3, rtol=1e-4)
+    torch.testing.assert_close(z_new, z_old, atol=1e-3, rtol=1e-4)
+
+
+def test_gradient_and_attention_equal_plain_autograd_float32():
+    """fcm.gradient through the chunked layers (fused forward, recomputing backward) against
+    plain autograd through the modules (chunk larger than N: the module maths itself)."""
+    e = _events(1, 3000)
+    chunked, plain = _model(700), _model(100_000)
+    g = [xaibench.create_explainer("fcm.gradient", m, selection="all").explain(e, 1).values for m in (chunked, plain)]
+    torch.testing.assert_close(g[0], g[1], atol=1e-5, rtol=1e-3)
+
+
+def test_attention_equals_previous_hidden_float32():
+    """fcm.attention (fused hidden features) against the same scores from the previous path."""
+    from xaibench.adapters.fcm.explainers import attention_received
+    model, e = _model(700), _events(1, 3000)
+    q = torch.zeros(1, 3000, dtype=torch.bool)
+    q[0, ::7] = True
+    ours = xaibench.create_explainer("fcm.attention", model, queries=q, layer=1).explain(e).values
+    with torch.no_grad():
+        x = model.embed(e)
+        previous_layer_nograd(model.layers[0], x, 700, x)
+        layer = model.layers[1]
+        ref = attention_received(layer.queries(x[0][q[0]][None])[0], layer.keys(x)[0], model.n_heads, layer.eps)
+    torch.testing.assert_close(ours[0], ref, atol=1e-4, rtol=1e-4)
