@@ -19,8 +19,10 @@ vocabulary (:data:`FEATURES`):
 
 Ground truth. Positive slides hold tumour cells, a spatially clustered share (1–3 clusters:
 the cells nearest to each cluster centre) whose features are shifted in exactly the
-:data:`DEFINING_FEATURES` (area ×1.3 through a larger polygon, so ``perimeter`` and the axis
-lengths follow; eccentricity, darker intensity_mean, higher glcm_contrast, each by ~1.5 SD).
+:data:`DEFINING_FEATURES`: area ×1.4 through a longer polygon of the same width (so
+``perimeter``, ``major_axis_length``, ``eccentricity`` and ``circularity`` follow, the minor axis
+does not), a darker ``intensity_mean`` (``intensity_min`` / ``intensity_max`` follow) and a higher
+``glcm_contrast``, the last two by ``shift`` = 2 SD.
 Tumour status is independent of cell type and position density (no other feature moves).
 The slide label is 1 when it holds tumour cells. ``instance_labels`` marks every tumour cell.
 
@@ -65,7 +67,10 @@ SHIFTED_FEATURES: tuple[str, ...] = ("area", "eccentricity", "intensity_mean", "
 #: every feature whose distribution differs between tumour and normal cells by construction: the
 #: shifted ones and those computed from the same (larger, more elongated) polygon
 DEFINING_FEATURES: tuple[str, ...] = ("area", "perimeter", "eccentricity", "major_axis_length", "circularity",
-                                      "intensity_mean", "glcm_contrast")
+                                      "intensity_mean", "intensity_min", "intensity_max", "glcm_contrast")
+#: features that condition the others rather than measure the cell (the segmentation model's class):
+#: normal morphology differs by type, so attention may use them to read the defining features
+CONTEXT_FEATURES: tuple[str, ...] = tuple(f"type_{t}" for t in CELL_TYPES)
 #: the non-defining feature of the confounded regime
 CONFOUNDER = "glcm_homogeneity"
 N_VERTICES = 12
@@ -79,7 +84,7 @@ _STATS = {"intensity_mean": (0.45, 0.06), "intensity_std": (0.08, 0.015), "glcm_
           "glcm_homogeneity": (0.45, 0.05), "glcm_energy": (0.20, 0.04), "glcm_correlation": (0.70, 0.08)}
 _TYPE_OFFSET = {"inflammatory": {"intensity_mean": 0.08, "glcm_energy": 0.03},
                 "dead": {"intensity_mean": 0.12, "glcm_homogeneity": 0.05}}
-TUMOUR_SHIFT_SD = 1.5
+TUMOUR_SHIFT_SD = 2.0
 
 
 def regime_of(fraction: float) -> str:
@@ -116,20 +121,24 @@ def _polygon_props(poly: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def _hull_area(poly: np.ndarray) -> np.ndarray:
-    """Convex-hull area of (N, V, 2) star-shaped polygons: a vertex is off the hull iff it lies
-    inside a triangle of three other vertices (Carathéodory); the hull vertices keep their
-    angular order, so the hull is the shoelace over them."""
+    """Convex-hull area of (N, V, 2) star-shaped polygons (vertices in angular order around an
+    interior point c, here the vertex mean). A vertex is off the hull iff it lies strictly inside
+    a triangle (c, p_a, p_b) of two other vertices (the ray from c through it leaves the hull
+    through an edge); the hull vertices keep their angular order, so the hull is the shoelace
+    over them."""
     n, v, _ = poly.shape
-    tri = np.array(list(itertools.combinations(range(v), 3)))  # (T, 3)
-    a, b, c = poly[:, tri[:, 0]], poly[:, tri[:, 1]], poly[:, tri[:, 2]]  # (N, T, 2)
-    p = poly[:, :, None, None, :]  # (N, V, 1, 1, 2)
+    pairs = np.array(list(itertools.combinations(range(v), 2)))  # (P, 2)
+    c = poly.mean(1, keepdims=True)[:, :, None, :]  # (N, 1, 1, 2)
+    a, b = poly[:, None, pairs[:, 0]], poly[:, None, pairs[:, 1]]  # (N, 1, P, 2)
+    p = poly[:, :, None, :]  # (N, V, 1, 2)
 
     def side(p0: np.ndarray, p1: np.ndarray) -> np.ndarray:
-        return ((p1[..., 0] - p0[..., 0]) * (p[..., 1] - p0[..., 1]) - (p1[..., 1] - p0[..., 1]) * (p[..., 0] - p0[..., 0]))[..., 0]
+        return (p1[..., 0] - p0[..., 0]) * (p[..., 1] - p0[..., 1]) - (p1[..., 1] - p0[..., 1]) * (p[..., 0] - p0[..., 0])
 
-    s1, s2, s3 = side(a[:, None, :, None], b[:, None, :, None]), side(b[:, None, :, None], c[:, None, :, None]), side(c[:, None, :, None], a[:, None, :, None])
-    inside = ((s1 > 1e-12) & (s2 > 1e-12) & (s3 > 1e-12)) | ((s1 < -1e-12) & (s2 < -1e-12) & (s3 < -1e-12))
-    member = (tri[None, :, :] == np.arange(v)[:, None, None]).any(-1)  # (V, T): vertex is a corner
+    s1, s2, s3 = side(c, a), side(a, b), side(b, c)
+    eps = 1e-12
+    inside = ((s1 > eps) & (s2 > eps) & (s3 > eps)) | ((s1 < -eps) & (s2 < -eps) & (s3 < -eps))
+    member = (pairs[None, :, :] == np.arange(v)[:, None, None]).any(-1)  # (V, P): vertex is a corner
     off = (inside & ~member[None]).any(-1)  # (N, V)
     on = ~off
     # shoelace over the hull vertices in order: pair each with the next hull vertex (cyclic)
@@ -184,7 +193,7 @@ class SyntheticSlides(SampleDataset):
         n_clusters: tuple[int, int] = (1, 3)
         """(low, high) number of tumour clusters per positive slide (drawn uniformly, inclusive)."""
         shift: float = TUMOUR_SHIFT_SD
-        """Tumour shift of eccentricity, intensity_mean and glcm_contrast in normal-cell SDs (area ×(1 + 0.2·shift))."""
+        """Tumour shift of intensity_mean and glcm_contrast in normal-cell SDs; the nucleus grows ×(1 + 0.2·shift) in area along its major axis."""
         confounded: bool = False
         """Add the confounder: a share of non-tumour cells of positive slides gets CONFOUNDER shifted."""
         confounder_fraction: float = 0.15
@@ -229,8 +238,10 @@ class SyntheticSlides(SampleDataset):
         # polygons: ellipse with radial noise, rotated, tumour nuclei larger and more elongated
         r0 = np.array([_TYPE_SHAPE[CELL_TYPES[t]][0] for t in ctype]) * rng.lognormal(0, 0.12, n)
         ratio = np.array([_TYPE_SHAPE[CELL_TYPES[t]][1] for t in ctype]) * rng.uniform(0.85, 1.15, n)
-        ratio = np.where(labels, ratio * (1 - 0.12 * s.shift), ratio).clip(0.2, 1.0)
-        r0 = np.where(labels, r0 * math.sqrt(1 + 0.2 * s.shift), r0)
+        # tumour nuclei: area x(1 + 0.2 shift) by a longer major axis at the same width (minor axis unchanged)
+        grow = 1 + 0.2 * s.shift
+        ratio = np.where(labels, ratio / grow, ratio)
+        r0 = np.where(labels, r0 * math.sqrt(grow), r0)
         phi = np.arange(N_VERTICES) * 2 * np.pi / N_VERTICES
         wobble = 1 + 0.06 * rng.standard_normal((n, N_VERTICES))
         a_ax, b_ax = r0 / np.sqrt(ratio), r0 * np.sqrt(ratio)
@@ -241,11 +252,11 @@ class SyntheticSlides(SampleDataset):
         for name, (mu, sd) in _STATS.items():
             off = np.array([_TYPE_OFFSET.get(CELL_TYPES[t], {}).get(name, 0.0) for t in ctype])
             feats[name] = mu + off + sd * rng.standard_normal(n)
-        spread = feats["intensity_std"] * rng.uniform(2.0, 3.0, n)  # min / max from the unshifted mean
-        feats["intensity_min"] = (feats["intensity_mean"] - spread).clip(0, None)
-        feats["intensity_max"] = feats["intensity_mean"] + feats["intensity_std"] * rng.uniform(2.0, 3.0, n)
+        # a darker (hyperchromatic) nucleus darkens its whole intensity distribution: min and max follow the mean
         feats["intensity_mean"] = feats["intensity_mean"] - labels * s.shift * _STATS["intensity_mean"][1]
         feats["glcm_contrast"] = feats["glcm_contrast"] + labels * s.shift * _STATS["glcm_contrast"][1]
+        feats["intensity_min"] = (feats["intensity_mean"] - feats["intensity_std"] * rng.uniform(2.0, 3.0, n)).clip(0, None)
+        feats["intensity_max"] = feats["intensity_mean"] + feats["intensity_std"] * rng.uniform(2.0, 3.0, n)
         conf = np.zeros(n, bool)
         if s.confounded and positive:
             normal = np.flatnonzero(~labels)
@@ -274,5 +285,6 @@ class SyntheticSlides(SampleDataset):
 def slide_meta(confounded: bool = False) -> dict[str, Any]:
     """The batch-level meta of synthetic slides (tuples: never split per sample)."""
     return {"columns": COLUMNS, "features": FEATURES, "cell_types": CELL_TYPES,
-            "defining_features": DEFINING_FEATURES, "confounder": CONFOUNDER if confounded else None,
+            "defining_features": DEFINING_FEATURES, "context_features": CONTEXT_FEATURES,
+            "confounder": CONFOUNDER if confounded else None,
             "position_columns": POSITION_COLUMNS}

@@ -80,17 +80,21 @@ def _shap_example():
                  undefined="no SHAP values (no explained cells)", example=_shap_example,
                  contract_skip={"empty": "the defining features are one set for the dataset (batch.meta), not per "
                                          "sample; a sample without explained cells scores NaN"})
-def shap_defining_precision(attr: Attribution, batch: Batch, *, k: int = 4, position_columns: int = 2) -> MetricScores:
+def shap_defining_precision(attr: Attribution, batch: Batch, *, k: int = 4, position_columns: int = 2,
+                            exclude_context: bool = True) -> MetricScores:
     """Share of the k most important features (mean |SHAP| over a slide's cells) that are defining features. (B,)
 
     The defining features come from ``batch.meta["defining_features"]`` (names) and
     ``batch.meta["columns"]`` (the input columns; the first ``position_columns`` are positions
-    and never ranked). Ties in importance are broken towards non-defining features (a constant
-    map does not score by luck). Chance is |defining| / F.
+    and never ranked). Context features (``batch.meta["context_features"]``: the cell-type
+    one-hots of synthetic slides, which condition how morphology reads rather than measure the
+    cell) are left out of the ranking unless ``exclude_context=False``. Ties in importance are
+    broken towards non-defining features (a constant map does not score by luck). Chance is |defining| / F.
 
     Args:
         k: how many top features are checked (1 ≤ k ≤ F).
         position_columns: leading input columns that are positions, not features.
+        exclude_context: leave ``batch.meta["context_features"]`` out of the ranking.
 
     Returns:
         (B,) in [0, 1]; NaN for a sample whose SHAP vectors are all zero.
@@ -104,10 +108,12 @@ def shap_defining_precision(attr: Attribution, batch: Batch, *, k: int = 4, posi
     if v.shape[-1] != len(cols):
         raise ValueError(f"shap_defining_precision: SHAP vectors have {v.shape[-1]} entries but the batch has "
                          f"{len(cols)} columns")
-    feats = list(cols)[position_columns:]
+    context = set(batch.meta.get("context_features") or ()) if exclude_context else set()
+    keep = [i for i, c in enumerate(cols) if i >= position_columns and c not in context]
+    feats = [cols[i] for i in keep]
     if not 1 <= k <= len(feats):
         raise ValueError(f"shap_defining_precision: k must lie in [1, {len(feats)}], got {k}")
-    imp = v[..., position_columns:].abs().double().sum(1)  # (B, F)
+    imp = v[..., keep].abs().double().sum(1)  # (B, F')
     is_def = torch.tensor([f in set(defining) for f in feats])
     order = _tie_break(imp, is_def, k)
     prec = is_def[order].double().mean(-1)

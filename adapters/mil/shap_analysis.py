@@ -363,6 +363,7 @@ def _distribution(res: ShapResult, attention: Tensor, head: str) -> Any:
 
     feats = res.top[head][:20]
     a = attention.mean(1) if head == "mean" else attention[:, int(head[4:])] if head.startswith("head") else attention.mean(1)
+    a = a.contiguous()
     q = torch.bucketize(a, torch.quantile(a.double(), torch.tensor([0.2, 0.4, 0.6, 0.8], dtype=torch.float64)).float())
     cols = 4
     fig = make_subplots(rows=math.ceil(len(feats) / cols), cols=cols, subplot_titles=feats)
@@ -463,7 +464,7 @@ class AttentionShap(Explainer):
     def explain_batch(self, batch: Batch, target: Target = None) -> Attribution:
         attr = self.explain(batch.inputs, target)
         extras = dict(attr.extras)
-        for key in ("columns", "defining_features", "confounder"):
+        for key in ("columns", "defining_features", "context_features", "confounder"):
             if batch.meta.get(key) is not None:
                 extras[key] = batch.meta[key]
         if batch.instance_labels is not None:

@@ -128,20 +128,27 @@ def _save(model: MILModel, folder: Path) -> None:
 
 
 def train_kfold(name: str, out_dir: str | Path, *, k: int = 5, seed: int | None = None,
-                epochs: int | None = None) -> dict[str, Any]:
+                epochs: int | None = None, n_train: int | None = None) -> dict[str, Any]:
     """k-fold cross-validation of a MIL zoo entry on its training slides, plus a final model on all
-    of them, written in the layout of the module docstring. Returns the experiment metadata."""
+    of them, written in the layout of the module docstring. Returns the experiment metadata.
+
+    Args:
+        name: the zoo entry (its model, dataset settings and training settings).
+        out_dir: the experiment folder.
+        k: folds (slide i is in fold i mod k).
+        seed, epochs, n_train: override the entry's.
+    """
     entry = get_entry(name)
     if not isinstance(k, int) or k < 2:
         raise ValueError(f"train_kfold: k must be an int >= 2, got {k!r}")
     seed = entry.seed if seed is None else int(seed)
     ex = entry.extra
     epochs = ex["epochs"] if epochs is None else int(epochs)
-    data = slides(entry, "train", ex["n_train"], seed)
+    data = slides(entry, "train", ex["n_train"] if n_train is None else int(n_train), seed)
     folds = torch.arange(len(data)) % k
     out = Path(out_dir)
     meta: dict[str, Any] = {"zoo": name, "model": entry.model, "model_params": entry.model_params, "k": k,
-                            "seed": seed, "epochs": epochs, "folds": {}}
+                            "seed": seed, "epochs": epochs, "n_train": len(data), "folds": {}}
     for f in list(range(k)) + ["final"]:
         torch.manual_seed(seed)
         model = create_model(entry.model, **entry.model_params)
@@ -198,7 +205,7 @@ for _name, _model, _params, _extra, _desc in (
     ("mil_clam_sb", "mil.clam", {"multi_branch": False}, {}, "CLAM-SB: one attention branch + instance clustering"),
     ("mil_clam_mb", "mil.clam", {"multi_branch": True}, {}, "CLAM-MB: per-class attention branches + instance clustering"),
     ("mil_type_aware", "mil.type_aware", {"type_columns": _TYPE_COLS}, {}, "cell-type-aware attention (one head per cell type)"),
-    ("mil_graphmil", "mil.graphmil", {"n_layers": 2, "k": 8}, {}, "GraphMIL: 2 GAT layers over the 8-NN cell graph + attention pooling"),
+    ("mil_graphmil", "mil.graphmil", {"n_layers": 2, "k": 8}, {"n_train": 320, "epochs": 12}, "GraphMIL: 2 GAT layers over the 8-NN cell graph + attention pooling"),
     ("mil_abmil_confounded", "mil.abmil", {"n_heads": 1, "gated": True},
      {"dataset_params": {"confounded": True}}, "gated ABMIL trained on the confounded regime (a shortcut feature)"),
 ):
