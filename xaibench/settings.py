@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import inspect
 import re
+import types
 import typing
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -100,9 +101,7 @@ def _fmt_loc(loc: tuple[Any, ...]) -> str:
 
 def _allowed(field_info: Any) -> str:
     ann = getattr(field_info, "annotation", None)
-    if typing.get_origin(ann) is typing.Literal:
-        return f" (allowed: {', '.join(repr(a) for a in typing.get_args(ann))})"
-    return ""
+    return f" (allowed: {_type_name(ann)})" if _literals(ann) else ""
 
 
 def validate(model: type[Settings], params: dict[str, Any], who: str, at: str = "") -> Settings:
@@ -113,17 +112,25 @@ def validate(model: type[Settings], params: dict[str, Any], who: str, at: str = 
     except ValidationError as exc:
         problems = []
         fields = model.model_fields
+        by_field: dict[str, list[dict[str, Any]]] = {}
         for err in exc.errors():
             loc = err.get("loc", ())
-            key = str(loc[0]) if loc else ""
-            path = f"{at}.{_fmt_loc(loc)}" if at else _fmt_loc(loc)
-            if err.get("type") == "extra_forbidden":
+            by_field.setdefault(str(loc[0]) if loc else "", []).append(err)
+        for key, errs in by_field.items():
+            path = f"{at}.{key}" if at else key
+            first = errs[0]
+            if first.get("type") == "extra_forbidden":
                 close = close_matches(key, list(fields))
                 hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
                 problems.append((path, f"{who} has no setting {key!r}{hint} (accepted: {sorted(fields)})"))
+            elif len(errs) > 1 and key in fields:  # a union: one line, with every accepted form
+                problems.append((path, f"invalid value {first.get('input')!r}; allowed: "
+                                       f"{_type_name(fields[key].annotation)}"))
             else:
+                sub = _fmt_loc(first.get("loc", ())[1:])
+                where = f"{path}.{sub}" if sub else path
                 allowed = _allowed(fields[key]) if key in fields else ""
-                problems.append((path, f"{err.get('msg')}, got {err.get('input')!r}{allowed}"))
+                problems.append((where, f"{first.get('msg')}, got {first.get('input')!r}{allowed}"))
         raise SettingsError(who, problems) from None
 
 
@@ -137,11 +144,37 @@ class SettingDoc:
     doc: str
 
 
+_BOUNDS = (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<"))
+
+
 def _type_name(ann: Any) -> str:
-    if typing.get_origin(ann) is typing.Literal:
-        return " | ".join(repr(a) for a in typing.get_args(ann))
-    text = getattr(ann, "__name__", None) if not typing.get_args(ann) else None
-    return text or str(ann).replace("typing.", "")
+    """A readable type: ``int >= 1 | (int >= 1, int >= 1)``, ``'otsu' | 'mean' | float in (0, 1)``."""
+    origin, args = typing.get_origin(ann), typing.get_args(ann)
+    if origin is typing.Literal:
+        return " | ".join(repr(a) for a in args)
+    if origin is typing.Annotated:
+        base, bounds = _type_name(args[0]), []
+        for meta in args[1:]:
+            for m in [meta, *getattr(meta, "metadata", [])]:
+                for attr, sym in _BOUNDS:
+                    if getattr(m, attr, None) is not None:
+                        bounds.append(f"{sym} {getattr(m, attr)}")
+        return f"{base} {' '.join(bounds)}".strip() if bounds else base
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join("None" if a is type(None) else _type_name(a) for a in args)
+    if origin is tuple:
+        return "(" + ", ".join("..." if a is Ellipsis else _type_name(a) for a in args) + ")"
+    if origin in (list, dict):
+        return f"{origin.__name__}[{', '.join(_type_name(a) for a in args)}]"
+    return getattr(ann, "__name__", None) or str(ann).replace("typing.", "")
+
+
+def _literals(ann: Any) -> list[Any]:
+    """Every Literal value anywhere in a (union / annotated) type."""
+    origin, args = typing.get_origin(ann), typing.get_args(ann)
+    if origin is typing.Literal:
+        return list(args)
+    return [v for a in args for v in _literals(a)] if args else []
 
 
 def describe(model: type[Settings]) -> list[SettingDoc]:
