@@ -28,6 +28,12 @@ from xaibench import Attribution, Batch, MetricScores, register_metric
 from xaibench.explainers import model_guard
 
 ZERO = "zero gradient"
+#: settings shared by both polygon metrics (documented once)
+Top = Annotated[int, Field(ge=1, description="how many events with the largest gradient norms are scored")]
+Gate = Annotated[int, Field(description="the model's gate index, used when the attribution carries no polygon "
+                                        "query (baselines)")]
+Shift = Annotated[tuple[float, float], Field(description="the query's (dx, dy) translation, used when the "
+                                                         "attribution carries none")]
 SKIP = {"empty": "no ground truth: scored against the model's own predicted polygon"}
 
 
@@ -66,15 +72,10 @@ def _top(attr: Attribution, top: int) -> tuple[Tensor, Tensor]:
 @register_metric("polygon_gradient_inside", direction="higher", category="polygon_query", kinds=("event_vector",),
                  needs_model=True, undefined=ZERO, contract_skip=SKIP,
                  example=lambda: _example())
-def polygon_gradient_inside(attr: Attribution, batch: Batch, *, top: Annotated[int, Field(ge=1)] = 100, gate: int = 0,
-                            shift: tuple[float, float] = (0.5, 0.0), model: nn.Module | None = None) -> MetricScores:
+def polygon_gradient_inside(attr: Attribution, batch: Batch, *, top: Top = 100, gate: Gate = 0,
+                            shift: Shift = (0.5, 0.0), model: nn.Module | None = None) -> MetricScores:
     """Share of the top-``top`` events' gradient norm that lies on events inside the predicted
     polygon (2D projection of the gate). 1 = the gate is explained by its own events. (B,)
-
-    Args:
-        top: how many events with the largest gradient norms are scored.
-        gate: the model's gate index, used when the attribution carries no polygon query (baselines).
-        shift: the query's (dx, dy) translation, used when the attribution carries none.
     """
     poly, dims, _ = polygon_query(attr, batch, model, gate, shift, "polygon_gradient_inside")
     idx, val = _top(attr, top)
@@ -89,18 +90,12 @@ def polygon_gradient_inside(attr: Attribution, batch: Batch, *, top: Annotated[i
 @register_metric("polygon_gradient_alignment", direction="higher", category="polygon_query", kinds=("event_vector",),
                  needs_model=True, range=(-1.0, 1.0), undefined=ZERO, contract_skip=SKIP,
                  example=lambda: _example())
-def polygon_gradient_alignment(attr: Attribution, batch: Batch, *, top: Annotated[int, Field(ge=1)] = 100,
-                               gate: int = 0, shift: tuple[float, float] = (0.5, 0.0),
-                               model: nn.Module | None = None) -> MetricScores:
+def polygon_gradient_alignment(attr: Attribution, batch: Batch, *, top: Top = 100, gate: Gate = 0,
+                               shift: Shift = (0.5, 0.0), model: nn.Module | None = None) -> MetricScores:
     """Mean cosine between the translation and −gradient projected on the gate's markers, over the
     top-``top`` events by gradient norm (events with no in-plane component are left out). (B,)
 
     1 = moving the events along −gradient moves them with the query; 0 = unrelated.
-
-    Args:
-        top: how many events with the largest gradient norms are scored.
-        gate: the model's gate index, used when the attribution carries no polygon query (baselines).
-        shift: the query's (dx, dy) translation, used when the attribution carries none.
     """
     _, dims, sh = polygon_query(attr, batch, model, gate, shift, "polygon_gradient_alignment")
     idx, _ = _top(attr, top)

@@ -90,7 +90,8 @@ def settings_from_signature(fn: Callable[..., Any], *, name: str, skip: tuple[st
             continue
         if p.default is inspect.Parameter.empty:
             raise TypeError(f"{name}: setting {pname!r} needs a default value")
-        fields[pname] = (hints.get(pname, Any), Field(p.default, description=docs.get(pname)))
+        doc = {"description": docs[pname]} if pname in docs else {}  # else keep an Annotated Field's own
+        fields[pname] = (hints.get(pname, Any), Field(p.default, **doc))
     model_name = "".join(part.capitalize() for part in re.split(r"[^0-9a-zA-Z]+", name)) + "Settings"
     return create_model(model_name, __base__=Settings, **fields)
 
@@ -179,8 +180,12 @@ def _literals(ann: Any) -> list[Any]:
 
 def describe(model: type[Settings]) -> list[SettingDoc]:
     """Every setting of ``model`` with its type, default and doc, in declaration order."""
-    return [SettingDoc(k, _type_name(f.annotation), f.default, (f.description or "").strip())
-            for k, f in model.model_fields.items()]
+    def name(f: Any) -> str:
+        bounds = [f"{sym} {getattr(m, attr)}" for m in f.metadata for attr, sym in _BOUNDS
+                  if getattr(m, attr, None) is not None]
+        return " ".join([_type_name(f.annotation), *bounds])
+
+    return [SettingDoc(k, name(f), f.default, (f.description or "").strip()) for k, f in model.model_fields.items()]
 
 
 def json_schema(model: type[Settings]) -> dict[str, Any]:
