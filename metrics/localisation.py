@@ -1,7 +1,7 @@
 """Localisation metrics: does the map point at / cover the ground-truth region?
 
-All accept ``pixel`` maps and ``token`` attributions that carry an upsampled
-``extras["pixel"]``. A sample with an empty mask scores NaN ("empty mask"); a map with any
+All accept ``pixel`` maps, ``token`` attributions that carry an upsampled
+``extras["pixel"]`` and ``voxel`` maps (B, D, H, W) against (B, D, H, W) masks. A sample with an empty mask scores NaN ("empty mask"); a map with any
 NaN/Inf scores NaN ("non-finite attribution", see :meth:`xaibench.Metric.evaluate`). Each
 sample's score depends only on that sample. Maps are used raw: no normalisation unless a
 threshold rule implies it.
@@ -53,20 +53,24 @@ def binary_masks(masks: Tensor, who: str) -> Tensor:
 
 
 def map_and_mask(attr: Attribution, batch: Batch, who: str) -> tuple[Tensor, Tensor]:
-    """(B, H, W) float map (float64 maps stay float64) and the (B, H, W) bool masks, at one resolution.
+    """(B, H, W) float map (float64 maps stay float64) and the (B, H, W) bool masks, at one resolution;
+    (B, D, H, W) both for ``voxel`` attributions.
 
     Raises:
-        ValueError: the map is not (B, H, W), the masks are soft, or the two differ in size
-            (see the module's input rule).
+        ValueError: the map is not (B, H, W) (or (B, D, H, W) for voxels), the masks are soft,
+            or the two differ in size (see the module's input rule).
     """
-    m = attr.pixel_map()
+    m = attr.values if attr.kind == "voxel" else attr.pixel_map()
     m = m.double() if m.dtype == torch.float64 else m.float()
     masks = binary_masks(batch.masks, who)
-    if m.ndim != 3:
-        raise ValueError(f"{who}: expected attr (B, H, W), got {tuple(m.shape)}")
-    if m.shape[-2:] != masks.shape[-2:]:
+    want = 4 if attr.kind == "voxel" else 3
+    if m.ndim != want or masks.ndim != want:
+        shape = "(B, D, H, W)" if want == 4 else "(B, H, W)"
+        raise ValueError(f"{who}: expected attr and masks {shape} for kind {attr.kind!r}, got attr "
+                         f"{tuple(m.shape)} and masks {tuple(masks.shape)}")
+    if m.shape[1:] != masks.shape[1:]:
         raise ValueError(
-            f"{who}: the map is {tuple(m.shape[-2:])} but the masks are {tuple(masks.shape[-2:])}; maps are "
+            f"{who}: the map is {tuple(m.shape[1:])} but the masks are {tuple(masks.shape[1:])}; maps are "
             "scored at the masks' resolution and never resampled silently. Resample explicitly (the rule is "
             "part of your protocol), e.g. F.interpolate(m[:, None], size=masks.shape[-2:], mode='bilinear')[:, 0]")
     return m, masks
@@ -83,16 +87,20 @@ def _with_empty(scores: Tensor, masks: Tensor, extra: list[tuple[Tensor, str]] =
 
 
 def disk_dilate(masks: Tensor, radius: float) -> Tensor:
-    """Pixels with a mask pixel at Euclidean distance < radius (TorchRay's tolerance)."""
+    """Pixels with a mask pixel at Euclidean distance < radius (TorchRay's tolerance); a ball
+    for (B, D, H, W) masks."""
     if radius <= 0:
         return masks
     r = int(math.ceil(radius))
     ax = torch.arange(-r, r + 1, dtype=torch.float32)
+    if masks.ndim == 4:
+        kernel = ((ax[:, None, None] ** 2 + ax[None, :, None] ** 2 + ax[None, None, :] ** 2) < radius**2).float()
+        return F.conv3d(masks.float()[:, None], kernel[None, None], padding=r)[:, 0] > 0
     kernel = ((ax[:, None] ** 2 + ax[None, :] ** 2) < radius**2).float()[None, None]
     return F.conv2d(masks.float()[:, None], kernel, padding=r)[:, 0] > 0
 
 
-@register_metric("pointing_game", direction="higher", category="localisation", kinds=("pixel", "token"),
+@register_metric("pointing_game", direction="higher", category="localisation", kinds=("pixel", "token", "voxel"),
                  needs=("masks",), undefined=EMPTY)
 def pointing_game(attr: Attribution, batch: Batch, *, tolerance: Annotated[float, Field(ge=0)] = 0.0) -> MetricScores:
     """1.0 if the map's maximum lies in the mask (or within ``tolerance`` px of it, strict <,
@@ -159,7 +167,7 @@ def binarise(m: Tensor, masks: Tensor, threshold: str | float) -> Tensor:
     return pred.reshape(m.shape)
 
 
-@register_metric("iou", direction="higher", category="localisation", kinds=("pixel", "token"),
+@register_metric("iou", direction="higher", category="localisation", kinds=("pixel", "token", "voxel"),
                  needs=("masks",), undefined=EMPTY)
 def iou(attr: Attribution, batch: Batch, *,
         threshold: Literal["otsu", "mean", "gt_area"] | Annotated[float, Field(gt=0, lt=1)] = "otsu") -> MetricScores:
@@ -180,7 +188,7 @@ def iou(attr: Attribution, batch: Batch, *,
     return _with_empty(inter / union.clamp_min(1), masks)
 
 
-@register_metric("relevance_mass", direction="higher", category="localisation", kinds=("pixel", "token"),
+@register_metric("relevance_mass", direction="higher", category="localisation", kinds=("pixel", "token", "voxel"),
                  needs=("masks",), undefined=EMPTY)
 def relevance_mass(attr: Attribution, batch: Batch) -> MetricScores:
     """Share of the positive relevance that falls inside the mask, in [0, 1] (negative
@@ -198,7 +206,7 @@ def relevance_mass(attr: Attribution, batch: Batch) -> MetricScores:
                                       (~torch.isfinite(total), "positive relevance too large to sum")])
 
 
-@register_metric("relevance_rank", direction="higher", category="localisation", kinds=("pixel", "token"),
+@register_metric("relevance_rank", direction="higher", category="localisation", kinds=("pixel", "token", "voxel"),
                  needs=("masks",), undefined=EMPTY)
 def relevance_rank(attr: Attribution, batch: Batch) -> MetricScores:
     """Share of the k highest-scoring pixels that lie in the mask, k = the mask's area

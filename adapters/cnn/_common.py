@@ -13,8 +13,10 @@ import torch.nn.functional as F
 from pydantic import PlainSerializer, StrictFloat
 from torch import Tensor, nn
 
-from xaibench.explainers import Explainer, Target, check_images, model_guard, resolve_target
+from xaibench.explainers import Explainer, Target, model_guard, resolve_target
 from xaibench.types import Attribution
+
+from ._volume import attribution, check_spatial
 
 #: A channel-reduction rule (see :func:`reduce_channels`).
 Reduction = Literal["sum", "abs_sum", "abs_max", "l2"]
@@ -71,8 +73,10 @@ def make_baseline(inputs: Tensor, baseline: float | str, who: str, blur_sigma: f
     if isinstance(baseline, (int, float)):
         return torch.full_like(inputs, float(baseline))
     if baseline == "mean":
-        return inputs.mean(dim=(2, 3), keepdim=True).expand_as(inputs).clone()
+        return inputs.mean(dim=tuple(range(2, inputs.ndim)), keepdim=True).expand_as(inputs).clone()
     if baseline == "blur":
+        if inputs.ndim != 4:
+            raise ValueError(f"{who}: the 'blur' baseline is for (B, C, H, W) images; use a number or 'mean' for volumes")
         return gaussian_blur(inputs, float(blur_sigma))
     raise ValueError(f"{who}: baseline must be a number, 'mean' or 'blur', got {baseline!r}")
 
@@ -86,10 +90,13 @@ class PixelExplainer(Explainer):
     ``"sum"``.
 
     Returns (from :meth:`explain`): a ``pixel`` Attribution (B, H, W), raw;
-    ``extras["target"]`` holds the explained classes (B,).
+    ``extras["target"]`` holds the explained classes (B,). Methods with ``volumes = True``
+    also take (B, C, D, H, W) volumes and then return a ``voxel`` Attribution (B, D, H, W).
     """
 
     kind = "pixel"
+    #: whether the method also explains (B, C, D, H, W) volumes
+    volumes: bool = False
 
     class Settings(Explainer.Settings):
         reduce: Reduction = "sum"
@@ -106,10 +113,11 @@ class PixelExplainer(Explainer):
         return resolve_target(logits, target)
 
     def explain(self, inputs: Tensor, target: Target = None) -> Attribution:
-        check_images(inputs, self.name)
+        if check_spatial(inputs, self.name) == 3 and not self.volumes:
+            raise ValueError(f"{self.name}: explains (B, C, H, W) images only, got a volume {tuple(inputs.shape)}")
         per_channel, t, *extras = self.channels(inputs.detach(), target)
-        return self._attribution(reduce_channels(per_channel, self.settings.reduce, self.name), target=t,
-                                 **(extras[0] if extras else {}))
+        return attribution(self, reduce_channels(per_channel, self.settings.reduce, self.name), target=t,
+                           **(extras[0] if extras else {}))
 
 
 def input_gradient(model: nn.Module, x: Tensor, target: Target) -> tuple[Tensor, Tensor]:

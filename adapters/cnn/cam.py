@@ -12,21 +12,21 @@ import warnings
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from xaibench.explainers import (
-    Explainer, Target, capture_layer, check_images, find_module, model_guard, resolve_target,
+    Explainer, Target, capture_layer, find_module, model_guard, resolve_target,
 )
 from xaibench.types import Attribution
 from xaibench import register_explainer
 
 from ._common import LayerRef
+from ._volume import attribution, check_spatial, upsample
 
 
 def default_cnn_layer(model: nn.Module) -> nn.Module:
     """The last convolutional stage: timm's last ``feature_info`` module, else the last
-    top-level child that contains a ``Conv2d`` (``layer4`` of a torchvision ResNet)."""
+    top-level child that contains a ``Conv2d`` or ``Conv3d`` (``layer4`` of a torchvision ResNet)."""
     info = getattr(model, "feature_info", None)
     if info is not None:
         try:
@@ -36,7 +36,7 @@ def default_cnn_layer(model: nn.Module) -> nn.Module:
             pass
     last = None
     for child in model.children():
-        if any(isinstance(m, nn.Conv2d) for m in child.modules()):
+        if any(isinstance(m, (nn.Conv2d, nn.Conv3d)) for m in child.modules()):
             last = child
     if last is None:
         raise ValueError("layer: found no convolutional stage in the model; pass layer= (a module or dotted name)")
@@ -49,6 +49,8 @@ class CAMExplainer(Explainer):
     Returns (from :meth:`explain`): a ``pixel`` Attribution (B, H, W) at input resolution,
     bilinearly upsampled, raw (never min-max scaled); ``extras["layer_map"]`` holds the
     (B, h, w) map at the layer's resolution and ``extras["target"]`` the explained classes.
+    Volumes (B, C, D, H, W) give a ``voxel`` Attribution (B, D, H, W), trilinearly upsampled
+    from the (B, d, h, w) layer map (MONAI's GradCAM before its min-max scaling).
     """
 
     kind = "pixel"
@@ -66,20 +68,22 @@ class CAMExplainer(Explainer):
             find_module(model, self.settings.layer)
 
     def cam(self, acts: Tensor, grads: Tensor) -> Tensor:
-        """(B, C, h, w) activations and gradients -> (B, h, w) map."""
+        """(B, C, h, w) activations and gradients -> (B, h, w) map ((B, C, d, h, w) -> (B, d, h, w))."""
         raise NotImplementedError
 
     def default_layer(self, model: nn.Module) -> nn.Module:
         return default_cnn_layer(model)
 
     def to_spatial(self, t: Tensor, inputs: Tensor) -> Tensor:
-        """Layer output -> (B, C, h, w). CNN layers already are; token models override."""
-        if t.ndim != 4:
-            raise ValueError(f"{self.name}: layer output must be (B, C, h, w), got {tuple(t.shape)}; choose a convolutional layer")
+        """Layer output -> (B, C, h, w) (or (B, C, d, h, w) for volumes). CNN layers already are;
+        token models override."""
+        if t.ndim != inputs.ndim:
+            raise ValueError(f"{self.name}: layer output must be (B, C{', d' if inputs.ndim == 5 else ''}, h, w), "
+                             f"got {tuple(t.shape)}; choose a convolutional layer")
         return t
 
     def check_inputs(self, inputs: Tensor) -> None:
-        check_images(inputs, self.name)
+        check_spatial(inputs, self.name)
 
     def layer_gradients(self, inputs: Tensor, target: Target) -> tuple[Tensor, Tensor, Tensor]:
         """(activations, gradients, targets) at the layer, with one autograd.grad call."""
@@ -104,8 +108,7 @@ class CAMExplainer(Explainer):
         cam = self.cam(self.to_spatial(acts, inputs), self.to_spatial(grads, inputs))
         if self.settings.relu:
             cam = cam.clamp_min(0)
-        pixel = F.interpolate(cam[:, None], size=inputs.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
-        return self._attribution(pixel, layer_map=cam.detach(), target=t)
+        return attribution(self, upsample(cam, inputs.shape[2:]), layer_map=cam.detach(), target=t)
 
 
 @register_explainer("cnn.gradcam")
@@ -117,7 +120,7 @@ class GradCAM(CAMExplainer):
     """
 
     def cam(self, acts: Tensor, grads: Tensor) -> Tensor:
-        return (grads.mean(dim=(2, 3), keepdim=True) * acts).sum(1)
+        return (grads.mean(dim=tuple(range(2, grads.ndim)), keepdim=True) * acts).sum(1)
 
 
 @register_explainer("cnn.hirescam")

@@ -43,6 +43,8 @@ def _chunked_gradients(model: torch.nn.Module, points: Tensor, t: Tensor, batch_
 class Saliency(PixelExplainer):
     """Saliency map (Simonyan et al. 2014): ∂ logit_target / ∂ pixel, reduced over channels."""
 
+    volumes = True
+
     class Settings(PixelExplainer.Settings):
         reduce: Reduction = "abs_max"
         """Channel reduction: ``"abs_max"`` is the paper's rule; ``"sum"`` keeps the gradient's sign."""
@@ -73,6 +75,8 @@ class SmoothGrad(PixelExplainer):
     image's content (:func:`sample_noise`), never from the global RNG: every call is
     reproducible and a batch gives the same maps as each sample alone.
     """
+
+    volumes = True
 
     class Settings(PixelExplainer.Settings):
         reduce: Reduction = "abs_max"
@@ -126,6 +130,8 @@ class IntegratedGradients(PixelExplainer):
     Σ attribution - (f(x) - f(x')).
     """
 
+    volumes = True
+
     class Settings(PixelExplainer.Settings):
         baseline: BaselineRule = 0.0
         """The reference x': a number (a constant image; 0.0 = black), ``"mean"`` (each image's
@@ -146,17 +152,19 @@ class IntegratedGradients(PixelExplainer):
         w = torch.tensor(weights, dtype=inputs.dtype, device=inputs.device)
         b, n = len(inputs), len(alphas)
         diff = inputs - base
-        points = (base[:, None] + a.view(1, n, 1, 1, 1) * diff[:, None]).flatten(0, 1)
+        ones = (1,) * (inputs.ndim - 1)  # broadcast over (C, H, W) or (C, D, H, W)
+        points = (base[:, None] + a.view(1, n, *ones) * diff[:, None]).flatten(0, 1)
         with model_guard(self.model):
             grads = _chunked_gradients(self.model, points, t.repeat_interleave(n), p.batch_size)
             with torch.no_grad():
                 ends = self.model(torch.cat([inputs, base])).gather(1, t.repeat(2)[:, None])[:, 0]
-        attr = diff * (grads.view(b, n, *inputs.shape[1:]) * w.view(1, n, 1, 1, 1)).sum(1)
+        attr = diff * (grads.view(b, n, *inputs.shape[1:]) * w.view(1, n, *ones)).sum(1)
         return attr, t, {"delta": (attr.flatten(1).sum(1) - (ends[:b] - ends[b:])).detach()}
 
 
 class _ModifiedBackprop(PixelExplainer):
     guided: bool = True
+    volumes = True
 
     def channels(self, inputs: Tensor, target: Target) -> tuple[Tensor, Tensor]:
         with model_guard(self.model), relus_swapped(self.model, lambda _r: ModifiedReLU(self.guided)) as m:

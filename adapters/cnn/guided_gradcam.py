@@ -19,6 +19,8 @@ class GuidedGradCAM(PixelExplainer):
     (signed ``"sum"`` by default): high-resolution and class-discriminative.
     """
 
+    volumes = True
+
     class Settings(PixelExplainer.Settings):
         layer: LayerRef = None
         """GradCAM's layer: a module of the model or its dotted name; None = the last convolutional stage."""
