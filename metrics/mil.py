@@ -5,6 +5,7 @@
 - ``shap_defining_precision``: precision@k of a dataset's defining features among the k features
   with the largest mean |SHAP| of the attention module (``mil.attention_shap``): on synthetic
   slides the defining features must rank on top; a model that learned a confounder does not.
+- ``shap_defining_mass``: the share of the mean |SHAP| on the defining features (threshold-free).
 
 ``top_k_positive_fraction`` (shared with the FCM family) scores MIL attention as it is.
 """
@@ -80,7 +81,7 @@ def _shap_example():
                  undefined="no SHAP values (no explained cells)", example=_shap_example,
                  contract_skip={"empty": "the defining features are one set for the dataset (batch.meta), not per "
                                          "sample; a sample without explained cells scores NaN"})
-def shap_defining_precision(attr: Attribution, batch: Batch, *, k: int = 4, position_columns: int = 2,
+def shap_defining_precision(attr: Attribution, batch: Batch, *, k: int = 3, position_columns: int = 2,
                             exclude_context: bool = True) -> MetricScores:
     """Share of the k most important features (mean |SHAP| over a slide's cells) that are defining features. (B,)
 
@@ -99,26 +100,56 @@ def shap_defining_precision(attr: Attribution, batch: Batch, *, k: int = 4, posi
     Returns:
         (B,) in [0, 1]; NaN for a sample whose SHAP vectors are all zero.
     """
-    cols = batch.meta.get("columns")
-    defining = batch.meta.get("defining_features")
-    if not cols or not defining:
-        raise ValueError("shap_defining_precision: needs batch.meta['columns'] and batch.meta['defining_features'] "
-                         "(synthetic slides carry them; for your own data set them on the batch)")
-    v = attr.values
-    if v.shape[-1] != len(cols):
-        raise ValueError(f"shap_defining_precision: SHAP vectors have {v.shape[-1]} entries but the batch has "
-                         f"{len(cols)} columns")
-    context = set(batch.meta.get("context_features") or ()) if exclude_context else set()
-    keep = [i for i, c in enumerate(cols) if i >= position_columns and c not in context]
-    feats = [cols[i] for i in keep]
-    if not 1 <= k <= len(feats):
-        raise ValueError(f"shap_defining_precision: k must lie in [1, {len(feats)}], got {k}")
-    imp = v[..., keep].abs().double().sum(1)  # (B, F')
-    is_def = torch.tensor([f in set(defining) for f in feats])
+    imp, is_def = _importance(attr, batch, position_columns, exclude_context, "shap_defining_precision")
+    if not 1 <= k <= imp.shape[-1]:
+        raise ValueError(f"shap_defining_precision: k must lie in [1, {imp.shape[-1]}], got {k}")
     order = _tie_break(imp, is_def, k)
     prec = is_def[order].double().mean(-1)
     empty = imp.sum(-1) == 0
     return MetricScores.from_nan(torch.where(empty, torch.full_like(prec, math.nan), prec).float(),
+                                 "no SHAP values (no explained cells)")
+
+
+def _importance(attr: Attribution, batch: Batch, position_columns: int, exclude_context: bool,
+                who: str) -> tuple[Tensor, Tensor]:
+    """(mean |SHAP| per ranked feature (B, F'), is-defining (F',) bool) of an event_vector attribution."""
+    cols = batch.meta.get("columns")
+    defining = batch.meta.get("defining_features")
+    if not cols or not defining:
+        raise ValueError(f"{who}: needs batch.meta['columns'] and batch.meta['defining_features'] "
+                         "(synthetic slides carry them; for your own data set them on the batch)")
+    v = attr.values
+    if v.shape[-1] != len(cols):
+        raise ValueError(f"{who}: SHAP vectors have {v.shape[-1]} entries but the batch has {len(cols)} columns")
+    context = set(batch.meta.get("context_features") or ()) if exclude_context else set()
+    keep = [i for i, c in enumerate(cols) if i >= position_columns and c not in context]
+    imp = v[..., keep].abs().double().sum(1)  # (B, F')
+    return imp, torch.tensor([cols[i] in set(defining) for i in keep])
+
+
+@register_metric("shap_defining_mass", direction="higher", category="faithfulness", kinds=("event_vector",),
+                 undefined="no SHAP values (no explained cells)", example=_shap_example,
+                 contract_skip={"empty": "the defining features are one set for the dataset (batch.meta), not per "
+                                         "sample; a sample without explained cells scores NaN"})
+def shap_defining_mass(attr: Attribution, batch: Batch, *, position_columns: int = 2,
+                       exclude_context: bool = True) -> MetricScores:
+    """Share of a slide's total mean |SHAP| that falls on the defining features. (B,)
+
+    Threshold-free companion of ``shap_defining_precision``: a model whose attention follows a
+    confounder puts a large share of its SHAP mass on it. Chance (equal importance) is
+    |defining| / F. Same ground truth and exclusions as ``shap_defining_precision``.
+
+    Args:
+        position_columns: leading input columns that are positions, not features.
+        exclude_context: leave ``batch.meta["context_features"]`` out.
+
+    Returns:
+        (B,) in [0, 1]; NaN for a sample whose SHAP vectors are all zero.
+    """
+    imp, is_def = _importance(attr, batch, position_columns, exclude_context, "shap_defining_mass")
+    tot = imp.sum(-1)
+    mass = (imp * is_def).sum(-1) / tot.clamp_min(1e-300)
+    return MetricScores.from_nan(torch.where(tot == 0, torch.full_like(mass, math.nan), mass).float(),
                                  "no SHAP values (no explained cells)")
 
 
