@@ -71,7 +71,7 @@ def test_occlusion_forwards_use_the_auto_batch(model):
     seen = []
     handle = model.register_forward_hook(lambda _m, inp, _o: seen.append(inp[0].shape[0]))
     try:
-        attr = xaibench.explain(model, x, "cnn.occlusion", target=1, window=4, stride=4)  # 256 windows
+        attr = xaibench.explain(model, x, "cnn.occlusion", target=1, window=4, stride=4, engine="plain")  # 256 windows
     finally:
         handle.remove()
     cap = auto_batch_size(64, 64)

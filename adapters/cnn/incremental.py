@@ -30,6 +30,7 @@ Faster Occlusion-based Deep CNN Explanations", SIGMOD 2019 (only the exact varia
 from __future__ import annotations
 
 import operator
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -197,6 +198,8 @@ class Plan:
         (kh, kw), (sh, sw), (ph, pw), (dh, dw) = _pair(k), _pair(s), _pair(p), _pair(d)
         _, _, ho, wo = self.cache[node].shape
         h, w = patch.size
+        if (h, w) == tuple(self.cache[src].shape[-2:]):  # the patch is the whole map: the module itself
+            return Patch(self.modules[node.target](patch.values), torch.zeros_like(patch.y), torch.zeros_like(patch.x))
         oy, oh, ry, rh = _reach(patch.y, h, kh, sh, ph, dh, ho)
         ox, ow, rx, rw = _reach(patch.x, w, kw, sw, pw, dw, wo)
         return Patch(fn(self.region(src, patch, ry, rx, rh, rw, (ph, pw), value)), oy, ox)
@@ -388,9 +391,9 @@ def occlusion_drops(model: nn.Module, engine: str, inputs: Tensor, baseline: Ten
     """
     if engine == "plain":
         return "plain"
-    if inputs.ndim != 4:
-        return "plain (incremental: 2-D images only)"
     try:
+        if inputs.ndim != 4:
+            raise Unsupported("2-D images only")
         graph = plan(model)
         b, n = inputs.shape[0], masks.shape[0]
         for i in range(b):
@@ -400,5 +403,7 @@ def occlusion_drops(model: nn.Module, engine: str, inputs: Tensor, baseline: Ten
                 raise Unsupported(f"model output must be (P, classes), got {tuple(logits.shape)}")
             out[i * n:(i + 1) * n] = reference[i] - logits[:, int(target[i])]
     except Unsupported as e:
+        if engine == "incremental":
+            warnings.warn(f"cnn.occlusion: engine='incremental' fell back to plain occlusion: {e}", stacklevel=3)
         return f"plain (incremental: {e})"
     return "incremental"

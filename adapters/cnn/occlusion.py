@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Annotated
+from typing import Annotated, Literal
 
 import torch
 from pydantic import Field, StrictInt
@@ -27,6 +27,7 @@ from xaibench.explainers import Explainer, Target, check_images, model_guard, re
 from xaibench.types import Attribution
 
 from ._common import BaselineRule, make_baseline
+from .incremental import occlusion_drops
 
 _Side = Annotated[StrictInt, Field(ge=1)]
 #: A window size or stride: one positive int (square) or (h, w) positive ints.
@@ -87,6 +88,13 @@ class Occlusion(Explainer):
         per pass (15 images of 112², 48 of 64²): CPU forwards were fastest there (larger batches
         spill the caches: resnet18 at 112² took 1.7 s per image with 16 per pass, 2.2 s with 64
         and 3.0 s with 484)."""
+        engine: Literal["auto", "incremental", "plain"] = "auto"
+        """``"incremental"``: exact incremental inference (Krypton, :mod:`.incremental`): each layer
+        is recomputed only where a window's receptive field reaches, from the cached unoccluded
+        activations (2-D images, torch.fx-traceable CNNs; ``batch_size`` None: 64 windows per
+        pass); ``"plain"``: every occluded image through the whole model; ``"auto"``: incremental
+        where the model can be traced, else plain. ``extras["engine"]`` names the engine that ran
+        (and why incremental could not)."""
 
     def explain(self, inputs: Tensor, target: Target = None) -> Attribution:
         check_images(inputs, self.name)
@@ -105,7 +113,8 @@ class Occlusion(Explainer):
             logits = self.model(x)
             t = resolve_target(logits, target)
             ref = logits.gather(1, t[:, None])[:, 0]
-            for s in range(0, b * n, bs):
+            engine = occlusion_drops(self.model, p.engine, x, base, masks, window, t, ref, drops, p.batch_size)
+            for s in range(b * n if engine == "incremental" else 0, b * n, bs):  # the plain forwards
                 j = torch.arange(s, min(s + bs, b * n), device=x.device)
                 i, k = j // n, j % n
                 occluded = torch.where(masks[k][:, None], base[i], x[i])
@@ -113,4 +122,4 @@ class Occlusion(Explainer):
         flat = masks.view(n, h * w).to(x.dtype)
         counts = flat.sum(0)
         values = (drops.view(b, n) @ flat) / counts.clamp_min(1)
-        return self._attribution(values.view(b, h, w), target=t, n_windows=n)
+        return self._attribution(values.view(b, h, w), target=t, n_windows=n, engine=engine)

@@ -1,0 +1,129 @@
+"""Exact incremental occlusion (adapters/cnn/incremental.py) against plain occlusion.
+
+Reference: the plain batched forward of the occluded images, ``model(torch.where(mask,
+baseline, image))`` (what ``cnn.occlusion`` with ``engine="plain"`` runs, itself tested
+equal to captum's ``Occlusion`` in test_cnn_methods_equivalence.py).
+"""
+
+import importlib
+
+import pytest
+import timm
+import torch
+from torch import nn
+
+import xaibench
+from xaibench.adapters.cnn.occlusion import window_masks
+
+inc = importlib.import_module("xaibench.adapters.cnn.incremental")
+
+
+def plain_logits(model, image, baseline, masks, bs=32):
+    with torch.no_grad():
+        return torch.cat([model(torch.where(masks[s:s + bs, None], baseline, image)) for s in range(0, len(masks), bs)])
+
+
+def incremental_logits(model, image, baseline, masks, window, bs=17):
+    with torch.no_grad():
+        return inc.occlusion_logits(inc.plan(model), image, baseline, masks, window, bs)
+
+
+class StridedDilated(nn.Module):
+    """Strides, dilations, asymmetric kernels and paddings, both pools, a concat and a product."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(3, 8, (5, 3), stride=(2, 1), padding=(2, 0), dilation=(1, 2))
+        self.b = nn.Conv2d(8, 8, 3, stride=1, padding=2, dilation=2, bias=False)
+        self.c = nn.Conv2d(8, 8, 1)
+        self.pool = nn.MaxPool2d(3, stride=2, padding=1, dilation=1)
+        self.avg = nn.AvgPool2d(2, stride=2, padding=1)
+        self.d = nn.Conv2d(16, 6, 3, stride=3, padding=1, groups=2)
+        self.bn = nn.BatchNorm2d(8)
+        self.head = nn.Linear(6, 4)
+
+    def forward(self, x):
+        x = torch.relu(self.bn(self.a(x)))
+        y = self.b(x) * torch.sigmoid(self.c(x))
+        y = torch.cat([self.pool(y), self.pool(x)], 1)
+        y = self.d(nn.functional.silu(self.avg(y)))
+        return self.head(y.mean((2, 3)))
+
+
+def _setup(shape, window, stride, seed=0, baseline=0.0):
+    g = torch.Generator().manual_seed(seed)
+    image = torch.rand(1, *shape, generator=g)
+    masks = window_masks(shape[1], shape[2], window, stride)
+    return image, torch.full_like(image, baseline), masks
+
+
+@pytest.mark.parametrize("window,stride", [((10, 10), (5, 5)), ((7, 4), (3, 6)), ((1, 1), (9, 9))])
+def test_strided_dilated_model_equals_plain(window, stride):
+    torch.manual_seed(0)
+    model = StridedDilated().eval()
+    with torch.no_grad():
+        model.bn.running_mean.uniform_(-0.5, 0.5)
+        model.bn.running_var.uniform_(0.5, 2.0)
+    image, base, masks = _setup((3, 37, 29), window, stride)
+    ours = incremental_logits(model, image, base, masks, window)
+    ref = plain_logits(model, image, base, masks)
+    assert ours.shape == ref.shape == (len(masks), 4)
+    plan = inc.Plan(inc.plan(model), image)
+    plan.logits_for(inc.input_patches(image, base, masks[:5], window))
+    assert any(h * w < hh * ww for h, w, hh, ww in plan.patch_sizes.values())  # some layers run on patches
+    assert (ref - ref[:1]).abs().max() > 1e-4  # the windows do change the output
+    torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-4)
+
+
+def test_timm_resnet18_equals_plain():
+    torch.manual_seed(0)
+    model = timm.create_model("resnet18", pretrained=False, num_classes=10).eval()
+    image, base, masks = _setup((3, 96, 80), (10, 10), (5, 5))
+    masks = masks[::7]  # interior and border windows
+    ours = incremental_logits(model, image, base, masks, (10, 10))
+    plan = inc.Plan(inc.plan(model), image)
+    plan.logits_for(inc.input_patches(image, base, masks[:4], (10, 10)))
+    assert plan.patch_sizes["layer1_0_conv1"][:2] < plan.patch_sizes["layer1_0_conv1"][2:]
+    torch.testing.assert_close(ours, plain_logits(model, image, base, masks), atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["lesion_cnn", "face_cnn"])
+def test_zoo_cnns_equal_plain(name):
+    model = xaibench.zoo.load(name)
+    image, base, masks = _setup((3, 64, 64), (10, 10), (5, 5), baseline=0.5)
+    ours = incremental_logits(model, image, base, masks, (10, 10))
+    ref = plain_logits(model, image, base, masks)
+    torch.testing.assert_close(ours, ref, atol=2e-4 * ref.abs().max().item(), rtol=1e-4)
+
+
+def test_explainer_engines_agree_and_record_the_engine():
+    model = xaibench.zoo.load("lesion_cnn")
+    x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(4))
+    attrs = {e: xaibench.create_explainer("cnn.occlusion", model, engine=e, baseline="mean").explain(x)
+             for e in ("auto", "incremental", "plain")}
+    assert attrs["auto"].extras["engine"] == attrs["incremental"].extras["engine"] == "incremental"
+    assert attrs["plain"].extras["engine"] == "plain"
+    torch.testing.assert_close(attrs["incremental"].values, attrs["plain"].values, atol=1e-4, rtol=1e-4)
+
+
+class Untraceable(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x):
+        y = self.conv(x)
+        if y.sum() > 0:  # data-dependent control flow: torch.fx cannot trace it
+            y = y.relu()
+        return self.fc(y.mean((2, 3)))
+
+
+def test_untraceable_model_falls_back_to_plain_with_a_note():
+    model = Untraceable().eval()
+    x = torch.rand(1, 3, 20, 20, generator=torch.Generator().manual_seed(0))
+    attr = xaibench.create_explainer("cnn.occlusion", model, window=5, stride=5).explain(x, 1)
+    note = attr.extras["engine"]
+    assert note.startswith("plain (incremental: torch.fx cannot trace Untraceable") and "\n" not in note
+    ref = xaibench.create_explainer("cnn.occlusion", model, window=5, stride=5, engine="plain").explain(x, 1)
+    torch.testing.assert_close(attr.values, ref.values)
