@@ -8,17 +8,18 @@ lazily on the first lookup, so the core never imports a wing.
 
 from __future__ import annotations
 
-import inspect
-import re
 import fnmatch
 import importlib
+import inspect
 import os
+import re
 import threading
 from dataclasses import dataclass
 from importlib import metadata
 from typing import Any, Callable, Generic, Iterator, Sequence, TypeVar
 
 from .errors import UnknownNameError
+from .settings import Settings, settings_from_signature
 from .util import close_matches
 
 T = TypeVar("T")
@@ -156,7 +157,6 @@ class Registry(Generic[T]):
     def _settings_of(self, name: str, obj: Any) -> Any:
         if not self.derive_settings or not (isinstance(obj, type) or inspect.isroutine(obj)):
             return None
-        from .settings import Settings, settings_from_signature
         if isinstance(obj, type):
             model = getattr(obj, "Settings", None)
             if not (isinstance(model, type) and issubclass(model, Settings)):

@@ -24,6 +24,7 @@ from torch import nn
 
 from .data import create_model
 from .errors import DataError
+from .progress import progress_bar
 from .registry import Registry
 
 TrainFn = Callable[["ZooEntry", nn.Module, int], dict[str, Any]]
@@ -175,7 +176,6 @@ def train_classifier(
     Returns:
         ``{"train_accuracy", "val_accuracy", "epochs"}``.
     """
-    from .progress import progress_bar
 
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)

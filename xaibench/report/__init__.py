@@ -17,6 +17,7 @@ from typing import Any
 import pandas as pd
 
 from ..errors import StoreError
+from ..progress import progress_bar
 from ..stats import paired_vs_best_baseline
 from ..store import RunData, RunLock, Store, load_run
 from ..util import atomic_write_bytes, atomic_write_text
@@ -27,7 +28,6 @@ from .parts import Report
 
 
 def _steps(quiet: bool, total: int) -> Any:
-    from ..progress import progress_bar
     return progress_bar(total, "report") if not quiet else contextlib.nullcontext(lambda n=1: None)
 
 

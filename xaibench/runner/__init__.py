@@ -4,10 +4,31 @@
     result = run_benchmark("default")            # -> reports/default/ (results.db, report.html, ...)
 """
 
-from .config import BenchmarkConfig, Cell, Study, expand, list_benchmarks, load_config, parse_config
-from ..errors import CellError, ConfigError, ConfigMismatchError, RunExistsError, RunLockedError
+from ..errors import (
+    CellError,
+    ConfigError,
+    ConfigMismatchError,
+    RunExistsError,
+    RunLockedError,
+)
 from ..store import RESULT_COLUMNS, CellResult, Store
-from .executor import EXECUTORS, Executor, Job, LocalExecutor, create_executor, register_executor
+from .config import (
+    BenchmarkConfig,
+    Cell,
+    Study,
+    expand,
+    list_benchmarks,
+    load_config,
+    parse_config,
+)
+from .executor import (
+    EXECUTORS,
+    Executor,
+    Job,
+    LocalExecutor,
+    create_executor,
+    register_executor,
+)
 from .run import RunResult, run_benchmark
 from .specs import Spec, benchmark_schema
 

@@ -26,17 +26,30 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import tomllib
 from pydantic import ValidationError
 
+from ..baselines import BASELINES
+from ..data import DATASETS, SampleDataset
 from ..errors import ConfigError
+from ..explainers import EXPLAINERS
+from ..metric import METRICS
 from ..util import did_you_mean
-from .specs import (BenchmarkFile, Problems, Spec, StudyFile, digest, pydantic_problems, resolve_entry, resolve_model,
-                    unique_labels)
+from .specs import (
+    BenchmarkFile,
+    Problems,
+    Spec,
+    StudyFile,
+    digest,
+    pydantic_problems,
+    resolve_entry,
+    resolve_model,
+    unique_labels,
+)
 
 #: Folder of the built-in benchmarks (``xaibench run NAME`` -> ``NAME.toml`` here).
 BENCHMARKS_DIR = Path(__file__).resolve().parent.parent / "benchmarks"
@@ -216,10 +229,6 @@ def parse_config(raw: dict[str, Any], *, source: str = "<dict>", base_dir: Path 
 
 
 def _resolve_study(st: StudyFile, i: int, f: BenchmarkFile, problems: Problems, base_dir: Path | None) -> Study | None:
-    from ..baselines import BASELINES
-    from ..data import DATASETS, SampleDataset
-    from ..explainers import EXPLAINERS
-    from ..metric import METRICS
 
     at = f"study[{i}]"
     before = len(problems.items)

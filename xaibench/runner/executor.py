@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Protocol, Sequence, runtime_checkable
 
 from ..registry import Registry
-from .config import Cell
 from ..store import CellResult
+from .config import Cell
 
 #: ``on_batch(cell_key, batch_index, n_batches)`` progress callback.
 BatchCallback = Callable[[str, int, int], None]

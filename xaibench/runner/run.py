@@ -26,7 +26,17 @@ from typing import Any, Callable, Iterator
 
 from ..errors import ConfigMismatchError, RunExistsError
 from ..report import build_report
-from ..store import DB_NAME, EXAMPLES_DIR, FORMAT, LOCK_NAME, CellResult, RunLock, Store, now, save_examples
+from ..store import (
+    DB_NAME,
+    EXAMPLES_DIR,
+    FORMAT,
+    LOCK_NAME,
+    CellResult,
+    RunLock,
+    Store,
+    now,
+    save_examples,
+)
 from .config import BenchmarkConfig, Cell, expand, load_config
 from .executor import create_executor, make_jobs
 from .preflight import check_grid
@@ -163,8 +173,14 @@ class _Progress:
             yield self
             return
         from rich.console import Console
-        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                                   TimeRemainingColumn)
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
         with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                       TimeRemainingColumn(), console=Console(stderr=True), transient=False) as prog:
             self.prog = prog

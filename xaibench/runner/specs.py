@@ -15,11 +15,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    model_validator,
+)
 
+from ..baselines import BASELINES
+from ..data import DATASETS, MODELS
 from ..errors import ConfigError, SettingsError, UnknownNameError
+from ..explainers import EXPLAINERS
+from ..metric import METRICS
 from ..settings import validate
 from ..util import did_you_mean
+from ..zoo import ZOO
 
 Label = Annotated[str, StringConstraints(min_length=1, pattern=r"^[^/]+$")]
 
@@ -188,9 +200,6 @@ def resolve_entry(reg: Any, e: PluginEntry, at: str, problems: Problems, who: st
 
 
 def resolve_model(m: ModelEntry, at: str, problems: Problems, base_dir: Path | None) -> Spec | None:
-    from ..data import MODELS
-    from ..zoo import ZOO
-
     weights = m.weights
     if weights is not None:
         wp = Path(weights)
@@ -292,12 +301,6 @@ def benchmark_schema() -> dict[str, Any]:
     Point an editor at it (taplo / Even Better TOML: a ``#:schema path`` first line) to get
     completion and checking of names and ``params`` while writing a benchmark.
     """
-    from ..baselines import BASELINES
-    from ..data import DATASETS
-    from ..explainers import EXPLAINERS
-    from ..metric import METRICS
-    from ..zoo import ZOO
-
     schema = BenchmarkFile.model_json_schema(mode="validation")
     defs = schema.setdefault("$defs", {})
     for reg, what in ((DATASETS, "dataset"), (EXPLAINERS, "explainer"), (METRICS, "metric"), (BASELINES, "baseline")):

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from .. import zoo
 from ..baselines import BASELINES
 from ..data import create_dataset, create_model
 from ..errors import CellError
@@ -29,6 +30,7 @@ from ..explainers import EXPLAINERS, Explainer
 from ..metric import Metric, create_metric
 from ..store import CellResult
 from ..types import Attribution, Batch
+from ..zoo import read_weights
 from .config import Cell, Spec, Study
 from .executor import BatchCallback, Job
 
@@ -61,14 +63,11 @@ def seed_everything(seed: int) -> None:
 
 def load_model(spec: Spec, seed: int) -> nn.Module:
     """A model from its spec: a zoo model (committed or given weights) or a seeded builder."""
-    from .. import zoo
-
     if spec.source == "zoo":
         return zoo.load(spec.name, spec.weights).eval()
     torch.manual_seed(seed)
     model = create_model(spec.name, **spec.params)
     if spec.weights:
-        from ..zoo import read_weights
         missing, unexpected = model.load_state_dict(read_weights(spec.weights), strict=False)
         if missing or unexpected:
             raise ValueError(f"model {spec.label!r}: weights {spec.weights} do not fit "
