@@ -29,8 +29,12 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(VENV)/bin/pytest -q --ignore=tests/benchmarks
 
+# make bench [COMPARE=reports/bench/bench-....json | COMPARE=latest] [BENCH_ARGS="-k occlusion"]:
+# one table (ours vs anchor, ours vs limit, machine) printed and saved as reports/bench/bench-<time>-<commit>.json
 bench: $(STAMP)
-	$(VENV)/bin/pytest tests/benchmarks --benchmark-enable -p no:xdist -q
+	@mkdir -p reports/bench
+	$(VENV)/bin/pytest tests/benchmarks --benchmark-enable -p no:xdist -q --benchmark-json=reports/bench/last-raw.json $(BENCH_ARGS)
+	$(PY) -m xaibench.benchtable reports/bench/last-raw.json --save reports/bench $(if $(COMPARE),--compare $(if $(filter latest,$(COMPARE)),,$(COMPARE)),)
 
 zoo: $(STAMP)
 	$(VENV)/bin/xaibench zoo train --all

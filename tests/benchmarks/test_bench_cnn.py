@@ -3,6 +3,11 @@
 grad-cam runs a full ``loss.backward()`` (every parameter gradient); ours takes one
 ``torch.autograd.grad`` to the target layer. Goal: ≥ 2× faster. The "limit" entry is one
 plain forward pass (no gradients), the floor of any CAM method.
+
+The other CAM-style methods (issue 13: "at the cost of a forward") each get a group with the
+same forward as "limit": ``cnn.hirescam`` (one gradient to the layer, nothing before it
+recorded), ``cnn.fullgrad`` and ``cnn.guided_gradcam`` (these need the input gradient, so a
+full backward: about forward + backward by construction).
 """
 
 import pytest
@@ -57,3 +62,29 @@ def test_gradcam_forward_only(benchmark, setup):
             return model(x)
 
     benchmark.pedantic(fwd, rounds=5, warmup_rounds=1)
+
+
+CAM_FAMILY = ["cnn.hirescam", "cnn.fullgrad", "cnn.guided_gradcam"]
+
+
+@pytest.mark.parametrize("name", CAM_FAMILY)
+def test_cam_family_xaibench(benchmark, setup, name):
+    model, x, target = setup
+    benchmark.group = f"{name} resnet18 16x3x224"
+    benchmark.extra_info["side"] = "xaibench"
+    ex = xaibench.create_explainer(name, model)
+    out = benchmark.pedantic(ex.explain, args=(x, target), rounds=3, warmup_rounds=1)
+    assert out.values.shape == (16, 224, 224)
+
+
+@pytest.mark.parametrize("name", CAM_FAMILY)
+def test_cam_family_forward_only(benchmark, setup, name):
+    model, x, _ = setup
+    benchmark.group = f"{name} resnet18 16x3x224"
+    benchmark.extra_info["side"] = "limit"
+
+    def fwd():
+        with torch.inference_mode():
+            return model(x)
+
+    benchmark.pedantic(fwd, rounds=3, warmup_rounds=1)
