@@ -140,3 +140,26 @@ def test_report_rebuilds_from_the_database_alone(run_dir, tmp_path):
     paths = build_report(d)
     assert all(p.is_file() for p in paths.values())
     pd.testing.assert_frame_equal(pd.read_csv(d / "summary.csv"), pd.read_csv(run_dir / "summary.csv"))
+
+
+def test_large_figures_are_embedded_as_jpeg_small_ones_as_png(tmp_path):
+    """report.html stays light: photo-like figures (noisy, large PNGs) are embedded as JPEG."""
+    import base64
+    import io as _io
+
+    import numpy as np
+    from PIL import Image
+
+    from xaibench.report.html import EMBED_PNG_MAX_BYTES, img_tag
+
+    noisy = tmp_path / "noisy.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (700, 2000, 3), dtype=np.uint8)).save(noisy)
+    plain = tmp_path / "plain.png"
+    Image.new("RGB", (300, 200), "white").save(plain)
+    assert noisy.stat().st_size > EMBED_PNG_MAX_BYTES > plain.stat().st_size
+    big, small = img_tag(noisy, "n"), img_tag(plain, "p")
+    assert "data:image/jpeg;base64," in big and "data:image/png;base64," in small
+    payload = base64.b64decode(big.split("base64,")[1].split("'")[0])
+    assert len(payload) < noisy.stat().st_size
+    with Image.open(_io.BytesIO(payload)) as im:
+        assert im.width == 1600 and im.height == round(700 * 1600 / 2000)

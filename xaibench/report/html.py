@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import io
 import html
 from pathlib import Path
 from typing import Any
@@ -81,9 +82,29 @@ def frame_html(df: pd.DataFrame, digits: int = 2) -> str:
     return f"<div class='scroll'><table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table></div>"
 
 
+#: Figures larger than this are embedded as JPEG (photo-like overlays compress ~5x; the PNG stays on disk).
+EMBED_PNG_MAX_BYTES = 150_000
+EMBED_MAX_WIDTH = 1600
+
+
 def img_tag(path: Path, alt: str) -> str:
-    data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
-    return f"<img alt='{e(alt)}' src='data:image/png;base64,{data}'>"
+    """An ``<img>`` with the figure embedded: small ones as PNG, large (photo-like) ones as a
+    downscaled JPEG, so the self-contained report stays light enough to open quickly."""
+    raw = Path(path).read_bytes()
+    mime = "png"
+    if len(raw) > EMBED_PNG_MAX_BYTES:
+        from PIL import Image
+        with Image.open(io.BytesIO(raw)) as im:
+            rgb = Image.new("RGB", im.size, "white")
+            rgb.paste(im.convert("RGBA"), mask=im.convert("RGBA").split()[-1])
+            if rgb.width > EMBED_MAX_WIDTH:
+                rgb = rgb.resize((EMBED_MAX_WIDTH, round(rgb.height * EMBED_MAX_WIDTH / rgb.width)), Image.LANCZOS)
+            buf = io.BytesIO()
+            rgb.save(buf, "JPEG", quality=82, optimize=True)
+        if buf.tell() < len(raw):
+            raw, mime = buf.getvalue(), "jpeg"
+    data = base64.b64encode(raw).decode("ascii")
+    return f"<img alt='{e(alt)}' src='data:image/{mime};base64,{data}'>"
 
 
 def render_html(report: Report) -> str:
