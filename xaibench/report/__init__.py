@@ -21,7 +21,7 @@ from ..progress import progress_bar
 from ..stats import paired_vs_best_baseline
 from ..store import RunData, RunLock, Store, load_run
 from ..util import atomic_write_bytes, atomic_write_text
-from .figures import run_figures
+from .figures import list_figures, run_figures
 from .html import render_html
 from .markdown import render_markdown
 from .parts import Report
@@ -29,6 +29,11 @@ from .parts import Report
 
 def _steps(quiet: bool, total: int) -> Any:
     return progress_bar(total, "report") if not quiet else contextlib.nullcontext(lambda n=1: None)
+
+
+def n_steps() -> int:
+    """Steps of a report build shown by its progress bar: tables, statistics, each figure, two renderers."""
+    return 4 + len(list_figures())
 
 
 def _write_table(df: pd.DataFrame, path: Path, fmt: str) -> None:
@@ -66,7 +71,7 @@ def build_report(run: str | Path | RunData, *, quiet: bool = True, lock: bool = 
         d = data.run_dir
         paths = {name: d / name for name in ("results.csv", "results.parquet", "summary.csv", "skipped.csv",
                                              "report.md", "report.html")}
-        with _steps(quiet, 5) as step:
+        with _steps(quiet, n_steps()) as step:
             _write_table(data.results, paths["results.csv"], "csv")
             _write_table(data.results, paths["results.parquet"], "parquet")
             _write_table(data.summary, paths["summary.csv"], "csv")
@@ -74,8 +79,7 @@ def build_report(run: str | Path | RunData, *, quiet: bool = True, lock: bool = 
             step(1)
             paired = paired_vs_best_baseline(data.results, data.summary, seed=data.seed)
             step(1)
-            figures, errors = run_figures(d, data.results, data.summary)
-            step(1)
+            figures, errors = run_figures(d, data.results, data.summary, on_figure=lambda _name: step(1))
             report = Report(data, paired, figures, errors)
             atomic_write_text(paths["report.md"], render_markdown(report))
             step(1)

@@ -77,9 +77,10 @@ def save(fig: Any, path: Path, dpi: int = 100) -> Path:
     return path
 
 
-def run_figures(run_dir: Path, results: pd.DataFrame, summary: pd.DataFrame
+def run_figures(run_dir: Path, results: pd.DataFrame, summary: pd.DataFrame,
+                on_figure: Callable[[str], None] | None = None
                 ) -> tuple[list[tuple[str, str, Path]], list[tuple[str, str]]]:
-    """Call every registered figure function.
+    """Call every registered figure function (``on_figure(name)`` after each, for progress).
 
     Returns:
         ``figures`` as (function name, title, png path) and ``errors`` as (function name,
@@ -95,6 +96,8 @@ def run_figures(run_dir: Path, results: pd.DataFrame, summary: pd.DataFrame
             msg = f"{type(exc).__name__}: {exc}"
             warnings.warn(f"report figure {name!r} failed: {msg}", stacklevel=2)
             errors.append((name, msg + "\n" + traceback.format_exc(limit=3)))
+        if on_figure is not None:
+            on_figure(name)
     return figs, errors
 
 
