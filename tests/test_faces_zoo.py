@@ -13,7 +13,8 @@ NAMES = ["face_cnn", "face_embedder", "face_cnn_shortcut", *[f"face_cnn_imb{n}" 
 def _load(name):
     entry = zoo.get_entry(name)
     if not entry.weights_path.exists():
-        pytest.skip(f"{name}: no committed weights (train with `xaibench zoo train {name}`)")
+        # committed package data: a lost file is a failure, not a skip
+        pytest.fail(f"{name}: committed weights missing at {entry.weights_path}; train with `xaibench zoo train {name}`")
     return zoo.load(name), entry.card()
 
 
