@@ -178,7 +178,11 @@ class MILAttentionBase(Explainer):
                     raise ValueError(f"{self.name}: class_index {s.class_index} out of range for {w.shape[1]} classes")
                 cls = torch.full((w.shape[0],), s.class_index, dtype=torch.long)
             elif target is not None:
-                cls = torch.as_tensor(target).long().reshape(-1).expand(w.shape[0])
+                cls = torch.as_tensor(target).long().reshape(-1)
+                if cls.numel() not in (1, w.shape[0]) or int(cls.min()) < 0 or int(cls.max()) >= w.shape[1]:
+                    raise ValueError(f"{self.name}: target must be a class in [0, {w.shape[1]}) or one per slide "
+                                     f"({w.shape[0]}), got {cls.tolist()}")
+                cls = cls.expand(w.shape[0])
             else:
                 cls = predicted
             extras["class_index"] = cls
