@@ -137,3 +137,21 @@ def test_zoo_commands():
     line = next(ln for ln in res.stdout.splitlines() if ln.startswith("lesion_cnn"))
     assert "lesions" in line and "0." in line
     assert "--all" in one_line_error(invoke("zoo", "train"))
+
+
+def test_list_details_prints_every_setting_from_the_settings_model():
+    """`xaibench list explainers --details` shows each setting's type, default and doc, read from
+    the same settings model that validates them (checked field by field)."""
+    import xaibench
+    from xaibench.settings import describe
+
+    res = invoke("list", "explainers", "cnn.occlusion", "--details")
+    assert res.exit_code == 0, res.output
+    docs = describe(xaibench.EXPLAINERS.settings("cnn.occlusion"))
+    assert docs and all(d.doc for d in docs)
+    for d in docs:
+        assert f"    {d.name}: {d.type} = {d.default!r}" in res.output
+        assert d.doc.split()[0] in res.output
+    res = invoke("list", "metrics", "iou", "--details")
+    assert "threshold: 'otsu' | 'mean' | 'gt_area' | float > 0 < 1 = 'otsu'" in res.output
+    assert invoke("list", "--details").exit_code == 2
