@@ -40,7 +40,7 @@ def test_report_files_exist_and_html_is_self_contained(run_dir):
     html = (run_dir / "report.html").read_text()
     assert not re.search(r"https?://", html)
     assert not re.search(r"""(src|href)=['"](?!data:)""", html)  # nothing loaded from elsewhere
-    assert html.count("data:image/png;base64,") == len(figs)
+    assert len(re.findall(r"data:image/(?:png|jpeg);base64,", html)) == len(figs)  # every figure, PNG or downscaled JPEG
     assert "<style>" in html and "threshold=&#x27;mean&#x27;" in html
     csv = pd.read_csv(run_dir / "results.csv")
     pq = pd.read_parquet(run_dir / "results.parquet")
