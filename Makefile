@@ -16,7 +16,7 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check torch==2.14.1 torchvision==0.29.1
-	$(PY) -m pip install -q --disable-pip-version-check -e ".[test]"
+	$(PY) -m pip install -q --disable-pip-version-check -e ".[test,medical,excel]"
 	# the real St. Anna B-ALL FCS file ships in fcsparser 0.2.8, which pins numpy<2: data only, no deps
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps fcsparser==0.2.8 || echo "fcsparser 0.2.8 unavailable: the real-FCS smoke test will be skipped"
 	touch $(STAMP)
@@ -26,8 +26,9 @@ demo: $(STAMP)
 	$(VENV)/bin/xaibench regress reports/default --baseline reports/baseline.json
 	@echo "Report: reports/default/report.html (summary: reports/default/summary.csv)"
 
+# two test processes on the two cores, one torch thread each
 test: $(STAMP)
-	$(VENV)/bin/pytest -q --ignore=tests/benchmarks
+	OMP_NUM_THREADS=1 $(VENV)/bin/pytest -q -n 2 --ignore=tests/benchmarks
 
 # make bench [COMPARE=reports/bench/bench-....json | COMPARE=latest] [BENCH_ARGS="-k occlusion"]:
 # one table (ours vs anchor, ours vs limit, machine) printed and saved as reports/bench/bench-<time>-<commit>.json
