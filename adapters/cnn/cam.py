@@ -90,7 +90,7 @@ class CAMExplainer(Explainer):
         layer = self.settings.layer
         module = self.default_layer(self.model) if layer is None else find_module(self.model, layer)
         with model_guard(self.model), capture_layer(module) as store, torch.enable_grad():
-            logits = self.model(inputs)
+            logits = self.model(inputs.detach())  # nothing before the layer is recorded, whatever the inputs
             if "act" not in store:
                 raise ValueError(f"{self.name}: layer {layer!r} was not called in the forward pass")
             t = resolve_target(logits, target)
