@@ -43,3 +43,14 @@ def test_save_and_compare_flags_a_slowdown(tmp_path, capsys):
 def test_missing_raw_is_a_clear_error(tmp_path, capsys):
     assert benchtable.main([str(tmp_path / "nope.json")]) == 2
     assert "--benchmark-json" in capsys.readouterr().err
+
+
+def test_several_raw_files_are_merged(tmp_path, capsys):
+    a, b = _raw(), _raw()
+    b["benchmarks"] = [dict(x, group="k") for x in b["benchmarks"]]
+    paths = [tmp_path / "a.json", tmp_path / "b.json"]
+    for p, r in zip(paths, (a, b)):
+        p.write_text(json.dumps(r))
+    assert benchtable.main([str(p) for p in paths]) == 0
+    out = capsys.readouterr().out
+    assert any(l.startswith("g ") for l in out.splitlines()) and any(l.startswith("k ") for l in out.splitlines())

@@ -8,7 +8,7 @@ alone, or the job's matmul FLOPs at this machine's dense-matmul rate) or another
 table of medians and ratios with the machine's details, saves it as JSON, and compares it
 with an earlier one::
 
-    python -m xaibench.benchtable reports/bench/last-raw.json --save reports/bench --compare
+    python -m xaibench.benchtable reports/bench/last-raw.json [more.json ...] --save reports/bench --compare
 
 Ratios: ``anchor/ours`` (> 1: we are faster) and ``ours/limit`` (1 = at the floor). The
 comparison reports ``ours now / ours before`` and the same for ``ours/limit`` (which cancels
@@ -133,18 +133,21 @@ def _latest(directory: Path, exclude: Path | None) -> Path | None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m xaibench.benchtable", description=__doc__.split("\n")[0])
-    ap.add_argument("raw", type=Path, help="pytest-benchmark JSON (--benchmark-json)")
+    ap.add_argument("raw", type=Path, nargs="+", help="pytest-benchmark JSON (--benchmark-json); several are merged")
     ap.add_argument("--save", type=Path, default=None, metavar="DIR",
                     help="write the table as DIR/bench-<UTC time>-<commit>.json")
     ap.add_argument("--compare", nargs="?", const="latest", default=None, metavar="JSON",
                     help="an earlier saved table; without a value, the newest one in --save's DIR")
     args = ap.parse_args(argv)
-    try:
-        raw = json.loads(args.raw.read_text())
-    except (OSError, ValueError) as e:
-        print(f"benchtable: cannot read {args.raw}: {e}; run the benchmarks with --benchmark-json first",
-              file=sys.stderr)
-        return 2
+    raws = []
+    for path in args.raw:
+        try:
+            raws.append(json.loads(path.read_text()))
+        except (OSError, ValueError) as e:
+            print(f"benchtable: cannot read {path}: {e}; run the benchmarks with --benchmark-json first",
+                  file=sys.stderr)
+            return 2
+    raw = {**raws[0], "benchmarks": [b for r in raws for b in r.get("benchmarks", [])]}
     doc = build(raw)
     previous = None
     if args.compare is not None:
