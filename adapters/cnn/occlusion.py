@@ -1,6 +1,6 @@
 """Occlusion sensitivity for CNNs (``cnn.occlusion``), with many windows per forward pass.
 
-The thesis' method (Zeiler & Fergus 2014): slide a window over the image, replace the
+Occlusion (Zeiler & Fergus 2014): slide a window over the image, replace the
 pixels under it (all channels) by a baseline, and record how much the target logit drops.
 A pixel's value is the mean drop over the windows that cover it — exactly captum's
 ``Occlusion`` with ``sliding_window_shapes=(C, h, w)``, the same strides and baseline.
@@ -15,6 +15,7 @@ one matrix product spreads the drops back onto the pixels.
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 from typing import Annotated, Literal
 
@@ -23,19 +24,27 @@ from pydantic import Field, StrictInt
 from torch import Tensor
 
 from xaibench import register_explainer
-from xaibench.explainers import Explainer, Target, check_images, model_guard, resolve_target
+from xaibench.explainers import Explainer, Target, model_guard, resolve_target
 from xaibench.types import Attribution
 
 from ._common import BaselineRule, make_baseline
 from .incremental import occlusion_drops
+from ._volume import attribution, check_spatial
 
 _Side = Annotated[StrictInt, Field(ge=1)]
 #: A window size or stride: one positive int (square) or (h, w) positive ints.
 Size2 = _Side | tuple[_Side, _Side]
+#: As :data:`Size2`, or (d, h, w) for volumes.
+SizeN = _Side | tuple[_Side, _Side] | tuple[_Side, _Side, _Side]
 
 
-def _pair(v: Size2) -> tuple[int, int]:
-    return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
+def _sides(v: SizeN, nd: int, what: str, who: str) -> tuple[int, ...]:
+    if isinstance(v, int):
+        return (v,) * nd
+    if len(v) != nd:
+        raise ValueError(f"{who}: {what} {tuple(v)} has {len(v)} sides but the inputs have {nd} spatial dims; "
+                         f"give an int or {nd} sides")
+    return tuple(int(i) for i in v)
 
 
 def window_starts(size: int, window: int, stride: int) -> list[int]:
@@ -46,38 +55,53 @@ def window_starts(size: int, window: int, stride: int) -> list[int]:
 PIXELS_PER_FORWARD = 200_000
 
 
-def auto_batch_size(h: int, w: int) -> int:
-    """Occluded images per forward pass for (h, w) images: ~PIXELS_PER_FORWARD pixels, 1..256."""
-    return max(1, min(256, PIXELS_PER_FORWARD // (h * w)))
+def auto_batch_size(*sizes: int) -> int:
+    """Occluded images per forward pass for (h, w) images or (d, h, w) volumes: ~PIXELS_PER_FORWARD
+    pixels (voxels), 1..256."""
+    return max(1, min(256, PIXELS_PER_FORWARD // math.prod(sizes)))
 
 
 @functools.lru_cache(maxsize=16)
+def window_masks_nd(shape: tuple[int, ...], window: tuple[int, ...], stride: tuple[int, ...]) -> Tensor:
+    """(P, *shape) bool masks of the P occlusion windows, row-major over window positions."""
+    starts = [window_starts(n, k, s) for n, k, s in zip(shape, window, stride)]
+    corners = list(itertools.product(*starts))
+    m = torch.zeros(len(corners), *shape, dtype=torch.bool)
+    for i, c in enumerate(corners):
+        m[(i, *(slice(a, a + k) for a, k in zip(c, window)))] = True
+    return m
+
+
 def window_masks(h: int, w: int, window: tuple[int, int], stride: tuple[int, int]) -> Tensor:
     """(P, h, w) bool masks of the P occlusion windows, row-major over window positions."""
-    ys, xs = window_starts(h, window[0], stride[0]), window_starts(w, window[1], stride[1])
-    m = torch.zeros(len(ys) * len(xs), h, w, dtype=torch.bool)
-    for i, y in enumerate(ys):
-        for j, x in enumerate(xs):
-            m[i * len(xs) + j, y:y + window[0], x:x + window[1]] = True
-    return m
+    return window_masks_nd((h, w), tuple(window), tuple(stride))
 
 
 @register_explainer("cnn.occlusion")
 class Occlusion(Explainer):
     """Occlusion sensitivity: mean drop of the target logit over the windows covering a pixel.
 
+    Volumes (B, C, D, H, W) are occluded with (d, h, w) boxes and give a ``voxel`` Attribution
+    (B, D, H, W). Where MONAI's ``OcclusionSensitivity`` (constant ``mode``, ``overlap = 1 -
+    stride / window``, no activation) places the same windows, i.e. when (size - window) is a
+    multiple of the stride on every axis, its map is ``logit - ours`` (it reports the mean
+    occluded logit over the windows covering a voxel, we the mean drop); otherwise MONAI moves
+    its last window flush to the border where ours is cut at the border (captum's rule).
+
     Returns:
-        a ``pixel`` Attribution (B, H, W), signed (positive: occluding the region lowers the
-        target logit), the same value for every channel of a pixel; ``extras["target"]``.
+        a ``pixel`` Attribution (B, H, W) (``voxel`` (B, D, H, W) for volumes), signed (positive:
+        occluding the region lowers the target logit), the same value for every channel of a
+        pixel; ``extras["target"]``.
     """
 
     kind = "pixel"
 
     class Settings(Explainer.Settings):
-        window: Size2 = 10
-        """Window side in pixels, an int or (h, w) (10: the thesis' 10×10 square); it spans all channels."""
-        stride: Size2 = 5
-        """Step between windows in pixels, an int or (h, w)."""
+        window: SizeN = 10
+        """Window side in pixels, an int or (h, w) ((d, h, w) for volumes) (10: the facial-CNN study's 10×10
+        square); it spans all channels."""
+        stride: SizeN = 5
+        """Step between windows in pixels, an int or (h, w) ((d, h, w) for volumes)."""
         baseline: BaselineRule = 0.0
         """What replaces the window: a number (0.0 = black), ``"mean"`` (the image's per-channel
         mean) or ``"blur"`` (the image blurred with ``blur_sigma`` px)."""
@@ -97,16 +121,16 @@ class Occlusion(Explainer):
         (and why incremental could not)."""
 
     def explain(self, inputs: Tensor, target: Target = None) -> Attribution:
-        check_images(inputs, self.name)
+        nd = check_spatial(inputs, self.name)
         p = self.settings
-        window, stride = _pair(p.window), _pair(p.stride)
-        b, _, h, w = inputs.shape
-        if window[0] > h or window[1] > w:
-            raise ValueError(f"{self.name}: window {window} larger than the image ({h}, {w}); use a smaller window")
-        bs = auto_batch_size(h, w) if p.batch_size is None else p.batch_size
+        window, stride = _sides(p.window, nd, "window", self.name), _sides(p.stride, nd, "stride", self.name)
+        b, shape = inputs.shape[0], tuple(inputs.shape[2:])
+        if any(k > n for k, n in zip(window, shape)):
+            raise ValueError(f"{self.name}: window {window} larger than the input {shape}; use a smaller window")
+        bs = auto_batch_size(*shape) if p.batch_size is None else p.batch_size
         x = inputs.detach()
         base = make_baseline(x, p.baseline, self.name, float(p.blur_sigma))
-        masks = window_masks(h, w, window, stride).to(x.device)
+        masks = window_masks_nd(shape, window, stride).to(x.device)
         n = masks.shape[0]
         drops = torch.empty(b * n, dtype=x.dtype, device=x.device)
         with model_guard(self.model), torch.no_grad():
@@ -119,7 +143,7 @@ class Occlusion(Explainer):
                 i, k = j // n, j % n
                 occluded = torch.where(masks[k][:, None], base[i], x[i])
                 drops[s:s + len(j)] = ref[i] - self.model(occluded).gather(1, t[i][:, None])[:, 0]
-        flat = masks.view(n, h * w).to(x.dtype)
+        flat = masks.view(n, -1).to(x.dtype)
         counts = flat.sum(0)
         values = (drops.view(b, n) @ flat) / counts.clamp_min(1)
-        return self._attribution(values.view(b, h, w), target=t, n_windows=n, engine=engine)
+        return attribution(self, values.view(b, *shape), target=t, n_windows=n, engine=engine)

@@ -103,7 +103,7 @@ register_zoo(ZooEntry(
 
 @register_fixture("cnn3d")
 def cnn3d_fixture() -> FixtureCase:
-    """The zoo's 3-D CNN on four ``volume_lesions`` volumes (random weights if none are committed)."""
+    """The zoo's 3-D CNN on three 16³ ``volume_lesions`` volumes (random weights if none are committed)."""
     from xaibench import create_dataset, create_model, zoo
 
     try:
@@ -112,7 +112,9 @@ def cnn3d_fixture() -> FixtureCase:
         warnings.warn("cnn3d fixture: volume_cnn3d weights missing, using random weights", stacklevel=2)
         torch.manual_seed(0)
         model = create_model("cnn.small_cnn3d").eval()
-    batch = create_dataset("volume_lesions", n=4, batch_size=4, seed=123).all()
+    # 16³ volumes (the model is convolutional with a global pool): the checks stay cheap
+    batch = create_dataset("volume_lesions", n=3, batch_size=3, seed=123, size=16).all()
     bad = [batch.inputs[0], batch.inputs[:, 0]]  # missing batch dim; missing channel dim
-    params = {"cnn.occlusion": {"window": 8, "stride": 4}, "cnn.integrated_gradients": {"n_steps": 8}}
+    params = {"cnn.occlusion": {"window": 8, "stride": 4}, "cnn.integrated_gradients": {"n_steps": 4},
+              "cnn.smoothgrad": {"n_samples": 2}}
     return FixtureCase(model=model, batch=batch, bad_inputs=bad, params=params)

@@ -1,0 +1,66 @@
+"""3-D occlusion: ``cnn.occlusion`` vs MONAI's ``OcclusionSensitivity`` on the zoo 3-D CNN
+(``volume_cnn3d``), one 1×1×32³ ``volume_lesions`` volume, side by side.
+
+Both on the same windows: 8³ boxes with stride 4 (343 windows), occluded by 0.0, logits (no
+activation). MONAI is run where its definition coincides with ours: ``mode=0.0``, ``overlap =
+1 - stride / window = 0.5``, ``activate=False``; its map is ``logit - ours`` (checked here).
+Group "... vs MONAI default batching": MONAI at its default ``n_batch=16``; the "limit" is the
+343 occluded forward passes alone, batched as ours, on prebuilt inputs.
+"""
+
+import pytest
+import torch
+
+import xaibench
+from xaibench import zoo
+from xaibench.adapters.cnn.occlusion import auto_batch_size, window_masks_nd
+
+monai_vis = pytest.importorskip("monai.visualize")
+
+WINDOW, STRIDE = 8, 4
+GROUP = "occlusion 3-D volume_cnn3d 1x1x32^3 w8 s4"
+
+
+@pytest.fixture(scope="module")
+def setup():
+    model = zoo.load("volume_cnn3d")
+    batch = xaibench.create_dataset("volume_lesions", n=1, batch_size=1, seed=3).all()
+    return model, batch.inputs, int(batch.targets[0])
+
+
+def test_occlusion3d_xaibench(benchmark, setup):
+    model, x, t = setup
+    benchmark.group = GROUP
+    benchmark.extra_info["side"] = "xaibench"
+    ex = xaibench.create_explainer("cnn.occlusion", model, window=WINDOW, stride=STRIDE, baseline=0.0)
+    out = benchmark.pedantic(ex.explain, args=(x, t), rounds=3, warmup_rounds=1)
+    assert out.kind == "voxel" and out.extras["n_windows"] == 343
+
+
+def test_occlusion3d_monai(benchmark, setup):
+    model, x, t = setup
+    benchmark.group = GROUP
+    benchmark.extra_info["side"] = "anchor"
+    occ = monai_vis.OcclusionSensitivity(nn_module=model, mask_size=WINDOW, n_batch=16, mode=0.0,
+                                         overlap=1 - STRIDE / WINDOW, activate=False, verbose=False)
+    occ_map, _ = benchmark.pedantic(occ, args=(x,), rounds=3, warmup_rounds=1)
+    ours = xaibench.create_explainer("cnn.occlusion", model, window=WINDOW, stride=STRIDE).explain(x, t).values[0]
+    with torch.no_grad():
+        logit = model(x)[0, t]
+    torch.testing.assert_close(ours, logit - occ_map[0, t].as_tensor(), atol=2e-5, rtol=1e-4)  # exact
+
+
+def test_occlusion3d_forwards_only(benchmark, setup):
+    model, x, _ = setup
+    benchmark.group = GROUP
+    benchmark.extra_info["side"] = "limit"
+    masks = window_masks_nd((32, 32, 32), (WINDOW,) * 3, (STRIDE,) * 3)
+    occluded = torch.where(masks[:, None], torch.zeros(()), x)  # prebuilt: (343, 1, 32, 32, 32)
+    bs = auto_batch_size(32, 32, 32)
+
+    def forwards():
+        with torch.no_grad():
+            for s in range(0, len(occluded), bs):
+                model(occluded[s:s + bs])
+
+    benchmark.pedantic(forwards, rounds=3, warmup_rounds=1)
