@@ -168,14 +168,17 @@ def stratified_sample(scores: Tensor, *, num_bins: int, samples_per_bin: int, ma
     return torch.cat(out)
 
 
-def expected_gradients(f: nn.Module, x: Tensor, background: Tensor, *, n_samples: int = 50, seed: int = 0,
+def expected_gradients(f: Any, x: Tensor, background: Tensor, *, n_samples: int = 50, seed: int = 0,
                        chunk: int = 262144) -> Tensor:
-    """Expected gradients of scalar-output ``f`` ((n, F) -> (n,)) for x (n, F): (n, F).
+    """Expected gradients of ``f`` ((n, F) -> (n,) or (n, H)) for x (n, F): (n, F), or (n, F, H).
 
-    φ_i = mean_k (x_i − x'_k) ⊙ ∇f(x'_k + α_k (x_i − x'_k)), x'_k drawn from ``background``, α_k ~ U(0, 1);
-    The draws depend on ``seed`` and the cells' positions in ``x`` (deterministic for the same x)."""
+    φ_i = mean_k (x_i − x'_k) ⊙ ∇f(x'_k + α_k (x_i − x'_k)), x'_k drawn from ``background``, α_k ~ U(0, 1).
+    Every output column uses the same draws (one forward, one backward per column), so the values
+    of a mean over columns equal the mean of the columns' values exactly. The draws depend on
+    ``seed`` and the cells' positions in ``x`` (deterministic for the same x)."""
     n, d = x.shape
-    out = torch.zeros(n, d, dtype=x.dtype)
+    out: Tensor | None = None
+    scalar = False
     per = max(1, chunk // n_samples)
     for a in range(0, n, per):
         xi = x[a:a + per]
@@ -187,9 +190,17 @@ def expected_gradients(f: nn.Module, x: Tensor, background: Tensor, *, n_samples
         diff = xi[:, None] - ref
         pts = (ref + alpha[..., None] * diff).reshape(-1, d).detach().requires_grad_(True)
         with torch.enable_grad():
-            (g_,) = torch.autograd.grad(f(pts).sum(), pts)
-        out[a:a + m] = (g_.reshape(m, n_samples, d) * diff).mean(1)
-    return out
+            y = f(pts)
+            scalar = y.ndim == 1
+            cols = [y] if scalar else list(y.unbind(-1))
+            grads = [torch.autograd.grad(c.sum(), pts, retain_graph=j < len(cols) - 1)[0] for j, c in enumerate(cols)]
+        phi = torch.stack([(gr.reshape(m, n_samples, d) * diff).mean(1) for gr in grads], -1)  # (m, F, H)
+        if out is None:
+            out = torch.zeros(n, d, phi.shape[-1], dtype=x.dtype)
+        out[a:a + m] = phi
+    if out is None:
+        raise ValueError("expected_gradients: no cells to explain (x is empty)")
+    return out[..., 0] if scalar else out
 
 
 class _Head(nn.Module):
@@ -294,7 +305,12 @@ def run_analysis(module: nn.Module, cells: Tensor, features: Sequence[str], out_
     if not heads:
         raise ValueError("SHAP analysis: explain_per_head and explain_mean_head are both False; nothing to explain")
     with model_guard(module):
-        values = {name: shap_values(module, cells[ex], cells[bg], h, s) for name, h in heads}
+        if s.explainer_type == "gradient" and s.gradient_backend == "xaibench":
+            # one pass for every head (shared draws); the mean head is then the mean of the heads, exactly
+            allh = expected_gradients(module, cells[ex], cells[bg], n_samples=s.gradient_samples, seed=s.random_seed)
+            values = {name: (allh.mean(-1) if h == "mean" else allh[..., h]) for name, h in heads}
+        else:
+            values = {name: shap_values(module, cells[ex], cells[bg], h, s) for name, h in heads}
     imp = pd.DataFrame({name: v.abs().mean(0).numpy() for name, v in values.items()}, index=list(features))
     top = {name: list(imp[name].sort_values(ascending=False, kind="stable").index[:s.top_features]) for name in imp}
     res = ShapResult(values, cells[ex], list(features), imp, top, ex)
