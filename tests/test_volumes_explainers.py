@@ -213,3 +213,23 @@ def test_slicewise_stacks_the_2d_maps_of_each_slice():
     torch.testing.assert_close(masked.values[touched], allm.values[touched])
     with pytest.raises(ValueError, match="needs the batch's masks"):
         xaibench.create_explainer("cnn.slicewise", net, slices="mask").explain(b.inputs, t)
+
+
+def test_occlusion_batches_volumes_by_the_voxel_budget(model):
+    from xaibench.adapters.cnn.occlusion import VOXELS_PER_FORWARD, auto_volume_batch_size
+
+    # reference: the documented rule as a property (voxels per forward <= VOXELS_PER_FORWARD,
+    # 1..256 volumes, one more would exceed it), and the batch sizes the model actually sees
+    for sizes in [(32, 32, 32), (16, 16, 16), (8, 200, 200), (128, 256, 256)]:
+        bs = auto_volume_batch_size(*sizes)
+        voxels = math.prod(sizes)
+        assert 1 <= bs <= 256 and (bs == 1 or bs * voxels <= VOXELS_PER_FORWARD)
+        assert bs == 256 or (bs + 1) * voxels > VOXELS_PER_FORWARD
+    seen = []
+    handle = model.register_forward_hook(lambda _m, inp, _o: seen.append(inp[0].shape[0]))
+    try:
+        x = torch.rand(1, 1, 32, 32, 32, generator=torch.Generator().manual_seed(0))
+        xaibench.create_explainer("cnn.occlusion", model, window=16, stride=8).explain(x, 0)  # 27 windows
+    finally:
+        handle.remove()
+    assert seen == [1, 27]  # the reference forward, then all 27 windows in one pass (budget: 48 of 32³)
