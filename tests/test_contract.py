@@ -25,10 +25,7 @@ BASELINE_CASES = baseline_cases()
 
 #: Contract failures known and reported, as strict xfails: fixing one makes its test XPASS
 #: (a failure), so the entry has to be removed then.
-KNOWN = {
-    ("dtype", "fcm.smoothgrad"): "noise is drawn with dtype=inputs.dtype, so float64 inputs get different noise "
-                                 "(adapters/fcm/explainers.py, SmoothGradient._explain)",
-}
+KNOWN: dict[tuple[str, str], str] = {}  # (check, explainer) -> why it fails today (a strict xfail)
 
 
 def _params(kind):
