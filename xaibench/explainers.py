@@ -62,7 +62,11 @@ def _input_checked(fn: Callable[..., Attribution]) -> Callable[..., Attribution]
     @functools.wraps(fn)
     def checked(self: "Explainer", *args: Any, **kw: Any) -> Attribution:
         x = args[0] if args else kw.get("inputs", kw.get("batch"))
-        self.screen_inputs(x.inputs if isinstance(x, Batch) else x)
+        x = x.inputs if isinstance(x, Batch) else x
+        self.screen_inputs(x)
+        target = args[1] if len(args) > 1 else kw.get("target")
+        if target is not None and isinstance(x, Tensor) and x.ndim > 0:
+            class_indices(target, int(x.shape[0]))  # strings, 0.7, wrong shapes: ValueError (range: the explainer)
         return fn(self, *args, **kw)
 
     checked.__xaibench_checked__ = True  # type: ignore[attr-defined]
@@ -80,9 +84,11 @@ class Explainer:
     Inputs are checked before a subclass's :meth:`explain` / :meth:`explain_batch` runs (the
     base wraps both when a subclass defines them, so every explainer gets the same check, see
     :meth:`screen_inputs`): a floating tensor with NaN/Inf raises ``ValueError`` naming the
-    samples, and images whose channel count differs from the model's first convolution raise
-    ``ValueError`` saying what the model expects. Set inputs (B, N, m) may carry all-NaN rows
-    as padding (the bag convention of ``mil_folder``) unless ``nan_padding = False``.
+    samples, images whose channel count differs from the model's first convolution raise
+    ``ValueError`` saying what the model expects, and a target that is not integer class
+    indices (a string, ``0.7``) raises ``ValueError`` (:func:`class_indices`). Set inputs
+    (B, N, m) may carry all-NaN rows as padding (the bag convention of ``mil_folder``) unless
+    ``nan_padding = False``.
 
     Args:
         model: the model to explain; never modified.
@@ -138,7 +144,13 @@ class Explainer:
         return dict(self.params)
 
     def explain(self, inputs: Tensor, target: Target = None) -> Attribution:
-        """Explain ``inputs`` for ``target`` (int, (B,) tensor, or None = predicted class)."""
+        """Explain ``inputs`` for ``target`` (int, (B,) tensor, or None = predicted class).
+
+        Raises:
+            ValueError: NaN/Inf in some samples' inputs (named), images with a channel count the
+                model does not take, a target that is not integer class indices (see
+                :meth:`screen_inputs`, :func:`resolve_target`).
+        """
         raise NotImplementedError
 
     def explain_batch(self, batch: "Batch", target: Target = None) -> Attribution:
@@ -250,31 +262,31 @@ def capture_layer(module: nn.Module) -> Iterator[dict[str, Tensor]]:
         handle.remove()
 
 
-def resolve_target(logits: Tensor, target: Target) -> Tensor:
-    """Turn ``target`` into a (B,) long tensor of class indices.
+def class_indices(target: int | Tensor | Any, b: int, k: int | None = None,
+                  device: torch.device | str | None = None) -> Tensor:
+    """Turn an explicit ``target`` into a (B,) long tensor of class indices, refusing anything
+    that is not one (for explainers that resolve ``None`` their own way).
 
     Args:
-        logits: (B, K) model outputs.
-        target: None (predicted class), an int (same class for all), or a (B,) tensor / list
-            of integer class indices (a one-element one applies to all). Floats are accepted only
-            when they are whole numbers (``1.0``); nothing is truncated.
+        target: an int (same class for all), or a (B,) tensor / list of integer class indices
+            (a one-element one applies to all). Floats are accepted only when they are whole
+            numbers (``1.0``); nothing is truncated.
+        b: the batch size.
+        k: the number of classes, when known: indices must lie in [0, k).
 
     Raises:
-        ValueError: a string, a non-integer number (``0.7``), NaN, wrong shape, or a class
-            index outside [0, K).
+        ValueError: a string, a non-integer number (``0.7``), NaN, wrong shape, or an index
+            outside [0, k).
     """
-    b, k = logits.shape[0], logits.shape[-1]
-    if target is None:
-        t = logits.argmax(-1)
-    elif isinstance(target, int):
-        t = torch.full((b,), target, dtype=torch.long, device=logits.device)
+    if isinstance(target, int):
+        t = torch.full((b,), target, dtype=torch.long, device=device)
     else:
         if isinstance(target, (str, bytes)) or (
                 isinstance(target, (list, tuple)) and any(isinstance(v, (str, bytes)) for v in target)):
             raise ValueError(f"target: expected class indices (int or a ({b},) integer tensor), got the string(s) "
                              f"{target!r}; map class names to their indices first")
         try:
-            raw = torch.as_tensor(target, device=logits.device)
+            raw = torch.as_tensor(target, device=device)
         except (TypeError, ValueError, RuntimeError) as e:
             raise ValueError(f"target: expected None, an int or a ({b},) integer tensor, got "
                              f"{type(target).__name__} ({e})") from None
@@ -287,9 +299,25 @@ def resolve_target(logits: Tensor, target: Target) -> Tensor:
             t = t.expand(b)
         if t.shape[0] != b:
             raise ValueError(f"target: expected an int or a ({b},) tensor, got shape {tuple(raw.shape)}")
-    if t.numel() and (int(t.min()) < 0 or int(t.max()) >= k):
+    if k is not None and t.numel() and (int(t.min()) < 0 or int(t.max()) >= k):
         raise ValueError(f"target: class indices must lie in [0, {k}), got {t.tolist()}")
     return t
+
+
+def resolve_target(logits: Tensor, target: Target) -> Tensor:
+    """Turn ``target`` into a (B,) long tensor of class indices.
+
+    Args:
+        logits: (B, K) model outputs.
+        target: None (predicted class), or class indices as :func:`class_indices` takes them.
+
+    Raises:
+        ValueError: see :func:`class_indices` (strings, non-integer numbers, wrong shape, an
+            index outside [0, K)).
+    """
+    if target is None:
+        return logits.argmax(-1)
+    return class_indices(target, logits.shape[0], logits.shape[-1], logits.device)
 
 
 def first_conv(model: nn.Module, ndim: int) -> nn.Module | None:
