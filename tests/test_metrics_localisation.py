@@ -128,12 +128,16 @@ def test_iou_perfect_and_disjoint(random_case):
         assert (xaibench.create_metric("iou", threshold=rule)(_px((~masks).float()), _batch(masks)) == 0).all()
 
 
-def test_low_resolution_maps_are_resized_to_the_mask():
+def test_low_resolution_maps_are_refused_and_scored_once_resampled_explicitly():
+    # issue 9: a map at another resolution than the mask is not resampled silently
     masks = torch.zeros(1, 32, 32, dtype=torch.bool)
     masks[0, 24:32, 24:32] = True
     low = torch.zeros(1, 4, 4)
     low[0, 3, 3] = 1.0
-    assert float(xaibench.create_metric("pointing_game")(_px(low), _batch(masks))[0]) == 1.0
+    with pytest.raises(ValueError, match=r"\(4, 4\) but the masks are \(32, 32\)"):
+        xaibench.create_metric("pointing_game")(_px(low), _batch(masks))
+    up = torch.nn.functional.interpolate(low[:, None], size=(32, 32), mode="bilinear", align_corners=False)[:, 0]
+    assert float(xaibench.create_metric("pointing_game")(_px(up), _batch(masks))[0]) == 1.0
 
 
 def test_token_attributions_are_scored_through_their_pixel_map():
