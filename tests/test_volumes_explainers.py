@@ -233,3 +233,14 @@ def test_occlusion_batches_volumes_by_the_voxel_budget(model):
     finally:
         handle.remove()
     assert seen == [1, 27]  # the reference forward, then all 27 windows in one pass (budget: 48 of 32³)
+
+
+def test_zoo_volume_cnn3d_keeps_its_floor_on_held_out_volumes(model):
+    from xaibench.adapters.cnn.volumes import ACCURACY_FLOOR
+    from xaibench.zoo import evaluate_accuracy
+
+    card = zoo.get_entry("volume_cnn3d").card()
+    assert card["metrics"]["test_accuracy"] >= ACCURACY_FLOOR == card["metrics"]["accuracy_floor"]
+    # re-measured on held-out test volumes (split "test", never seen in training)
+    test = xaibench.create_dataset("volume_lesions", n=96, batch_size=48, seed=0, split="test")
+    assert evaluate_accuracy(model, test) >= ACCURACY_FLOOR
