@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
-from xaibench import Attribution, Batch, MetricScores, register_metric
+from xaibench import Attribution, Batch, register_metric
 from xaibench.explainers import model_guard
 
 from ._common import Output, resolve_target, select_output
@@ -243,7 +243,7 @@ def deletion_gap(attr: Attribution, batch: Batch, *, baseline: Baseline = "black
 
     References: Rong et al., ROAD, ICML 2022 (MoRF and LeRF read together).
     """
-    kw = dict(mode="deletion", baseline=baseline, step=step, patch=patch, output=output, batch_size=batch_size)
+    kw = {"mode": "deletion", "baseline": baseline, "step": step, "patch": patch, "output": output, "batch_size": batch_size}
     lerf = _curve_auc(attr, batch, model, "deletion_gap", order="lerf", **kw)
     morf = _curve_auc(attr, batch, model, "deletion_gap", order="morf", **kw)
     return (lerf - morf).float()

@@ -35,24 +35,30 @@ PIXEL_KINDS = ("pixel", "token")
 
 # ------------------------------------------------------------------ helpers
 
+def padded_boxes(boxes: list[Tensor]) -> Tensor:
+    """(B, K, 4) float64 boxes, each sample's padded with NaN rows (a NaN box contains nothing)."""
+    rows = [torch.as_tensor(bx, dtype=torch.float64).reshape(-1, 4) for bx in boxes]
+    k = max([1] + [len(r) for r in rows])
+    out = torch.full((len(rows), k, 4), math.nan, dtype=torch.float64)
+    for i, r in enumerate(rows):  # B small copies of a list the dataset gives; no per-pixel work
+        out[i, : len(r)] = r
+    return out
+
+
 def boxes_to_masks(boxes: list[Tensor], shape: tuple[int, int]) -> Tensor:
     """Rasterise per-sample (k, 4) boxes ``x0, y0, x1, y1`` (exclusive end; clipped to the image)
     into (B, H, W) bool masks, the union of each sample's boxes. Pixel (y, x) is inside a box when
     x0 <= x < x1 and y0 <= y < y1 (fractional corners round to the pixel grid by that rule)."""
     h, w = shape
-    b = len(boxes)
-    counts = [int(torch.as_tensor(bx).reshape(-1, 4).shape[0]) for bx in boxes]
-    if sum(counts) == 0:
-        return torch.zeros(b, h, w, dtype=torch.bool)
-    allb = torch.cat([torch.as_tensor(bx, dtype=torch.float64).reshape(-1, 4) for bx in boxes])
-    owner = torch.repeat_interleave(torch.arange(b), torch.tensor(counts))
+    pb = padded_boxes(boxes)
     ys = torch.arange(h, dtype=torch.float64)
     xs = torch.arange(w, dtype=torch.float64)
-    iny = (ys[None] >= allb[:, 1:2]) & (ys[None] < allb[:, 3:4])  # (K, H)
-    inx = (xs[None] >= allb[:, 0:1]) & (xs[None] < allb[:, 2:3])  # (K, W)
-    per_box = (iny[:, :, None] & inx[:, None, :]).flatten(1).float()
-    out = torch.zeros(b, h * w).index_add_(0, owner, per_box)
-    return (out > 0).reshape(b, h, w)
+    iny = (ys >= pb[..., 1:2]) & (ys < pb[..., 3:4])  # (B, K, H)
+    inx = (xs >= pb[..., 0:1]) & (xs < pb[..., 2:3])  # (B, K, W)
+    out = torch.zeros(len(boxes), h, w, dtype=torch.bool)
+    for j in range(pb.shape[1]):  # box slots (1-4 here), not samples
+        out |= iny[:, j, :, None] & inx[:, j, None, :]
+    return out
 
 
 def _map(attr: Attribution, who: str) -> Tensor:
@@ -132,9 +138,18 @@ def pointing_game_box(attr: Attribution, batch: Batch) -> MetricScores:
 
     References: Zhang et al., Top-down neural attention by excitation backprop, 2016 (boxes).
     """
-    m, region = map_and_boxes(attr, batch, "pointing_game_box")
-    hit = region.flatten(1).gather(1, m.flatten(1).argmax(1, keepdim=True))[:, 0].float()
-    return _scores(hit, [(_no_region(region), NO_BOX)])
+    m = _map(attr, "pointing_game_box")
+    if batch.boxes is None or len(batch.boxes) != m.shape[0]:
+        raise ValueError("pointing_game_box: needs batch.boxes, one (k, 4) tensor per sample")
+    h, w = m.shape[1:]
+    pb = padded_boxes(batch.boxes)
+    idx = m.flatten(1).argmax(1)
+    y, x = (idx // w).double()[:, None], (idx % w).double()[:, None]
+    inside = (x >= pb[..., 0]) & (x < pb[..., 2]) & (y >= pb[..., 1]) & (y < pb[..., 3])  # (B, K)
+    # a box holds a pixel when some integer lies in [x0, x1) ∩ [0, w) and in [y0, y1) ∩ [0, h)
+    any_px = ((pb[..., 0].clamp(min=0).ceil() < pb[..., 2].clamp(max=w))
+              & (pb[..., 1].clamp(min=0).ceil() < pb[..., 3].clamp(max=h)))
+    return _scores(inside.any(1).float(), [(~any_px.any(1), NO_BOX)])
 
 
 @register_metric("iou_box", direction="higher", category="localisation", kinds=PIXEL_KINDS,
@@ -166,9 +181,10 @@ def energy_pointing_game(attr: Attribution, batch: Batch) -> MetricScores:
     References: Wang et al., Score-CAM, CVPR-W 2020, section 4.2.
     """
     m, region = map_and_boxes(attr, batch, "energy_pointing_game")
-    pos = m.double().clamp_min(0).flatten(1)
-    total = pos.sum(1)
-    share = (pos * region.flatten(1)).sum(1) / total.clamp_min(1e-300)
+    pos = m.clamp_min(0).flatten(1)
+    total = pos.sum(1, dtype=torch.float64)  # float64 sums: no overflow from float32 maps
+    inside = torch.where(region.flatten(1), pos, torch.zeros((), dtype=pos.dtype)).sum(1, dtype=torch.float64)
+    share = inside / total.clamp_min(1e-300)
     return _scores(share, [(_no_region(region), NO_BOX), (total <= 0, "no positive relevance")])
 
 
@@ -260,12 +276,34 @@ def auroc(attr: Attribution, batch: Batch) -> MetricScores:
     """
     m, masks = map_and_mask(attr, batch, "auroc")
     flat, lab = m.flatten(1), masks.flatten(1)
-    r = average_ranks(flat)
-    n_pos = lab.sum(1).double()
+    n_pos = lab.sum(1)
     n_neg = lab.shape[1] - n_pos
-    u = (r * lab).sum(1) - n_pos * (n_pos + 1) / 2
-    score = u / (n_pos * n_neg).clamp_min(1)
+    u = mann_whitney_u(flat, lab, n_pos)
+    score = u / (n_pos * n_neg).double().clamp_min(1)
     return _scores(score, [(n_pos == 0, EMPTY), (n_neg == 0, "mask covers the whole image")])
+
+
+def mann_whitney_u(flat: Tensor, lab: Tensor, n_pos: Tensor) -> Tensor:
+    """U = #(positive > negative pairs) + ½ #(ties) per row of (B, n) scores and bool labels. (B,)
+
+    Only the positives are sorted (padded with +inf to the largest count); every score is
+    located among them by binary search, and Σ_all [#(pos > s) + ½ #(pos = s)] minus the
+    positives' own share (P²/2 exactly) leaves U."""
+    b = flat.shape[0]
+    p_max = int(n_pos.max()) if b else 0
+    pos_vals = flat[lab]  # row-major: grouped by sample
+    offsets = torch.cumsum(n_pos, 0) - n_pos
+    row = torch.repeat_interleave(torch.arange(b, device=flat.device), n_pos)
+    col = torch.arange(pos_vals.numel(), device=flat.device) - offsets[row]
+    padded = torch.full((b, max(p_max, 1)), math.inf, dtype=flat.dtype, device=flat.device)
+    padded[row, col] = pos_vals
+    srt = padded.sort(1).values.contiguous()
+    right = torch.searchsorted(srt, flat.contiguous(), right=True)  # #pos <= s
+    left = torch.searchsorted(srt, flat.contiguous(), right=False)  # #pos < s
+    greater = (n_pos[:, None] - right).double()
+    ties = (right - left).double()
+    pn = n_pos.double()
+    return (greater + 0.5 * ties).sum(1) - pn * pn / 2
 
 
 @register_metric("top_k_intersection", direction="higher", category="localisation",
@@ -278,8 +316,12 @@ def top_k_intersection(attr: Attribution, batch: Batch, *, k: Annotated[int, Fie
         k: the number of top pixels (Quantus' default 1000, for 224² images).
     """
     m, masks = map_and_mask(attr, batch, "top_k_intersection")
-    flat = m.flatten(1)
+    flat, lab = m.flatten(1), masks.flatten(1)
     kk = min(int(k), flat.shape[1])
-    idx = torch.argsort(flat, dim=1, descending=True, stable=True)[:, :kk]
-    score = masks.flatten(1).gather(1, idx).double().mean(1)
+    thr = flat.topk(kk, dim=1).values[:, -1:]  # the k-th largest value
+    above = flat > thr
+    eq = flat == thr
+    room = kk - above.sum(1, keepdim=True)  # tied pixels taken, first in raster order
+    take = above | (eq & (torch.cumsum(eq, 1) <= room))
+    score = (take & lab).sum(1).double() / kk
     return _scores(score, [(_no_region(masks), EMPTY)])

@@ -86,7 +86,7 @@ def ssim(a: Tensor, b: Tensor, win_size: int = 7) -> Tensor:
     x, y = scale(a.double())[:, None], scale(b.double())[:, None]
     if min(x.shape[-2:]) < win_size:
         raise ValueError(f"ssim: maps {tuple(x.shape[-2:])} are smaller than the {win_size}x{win_size} window")
-    pool = lambda v: F.avg_pool2d(v, win_size, stride=1)  # noqa: E731
+    pool = lambda v: F.avg_pool2d(v, win_size, stride=1)
     n = win_size**2
     cov = n / (n - 1)
     ux, uy = pool(x), pool(y)

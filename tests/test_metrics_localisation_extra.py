@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from xaibench.metrics.localisation_extra import average_ranks, boxes_to_masks
 
 import xaibench
 from xaibench import Attribution, Batch
-from xaibench.metrics.localisation_extra import average_ranks, boxes_to_masks
 
 
 def px(v):
@@ -35,7 +35,7 @@ def case():
 
 
 def test_boxes_rasterise_by_hand(case):
-    maps, batch = case
+    _maps, batch = case
     masks = boxes_to_masks(batch.boxes, (32, 32))
     for i, bx in enumerate(batch.boxes):
         ref = torch.zeros(32, 32, dtype=torch.bool)
@@ -87,8 +87,8 @@ def test_auroc_and_top_k_equal_sklearn_and_quantus():
     ours = xaibench.create_metric("auroc")(px(maps), b).double().numpy()
     ref = [roc_auc_score(masks[i].flatten().numpy(), maps[i].flatten().numpy()) for i in range(8)]
     np.testing.assert_allclose(ours, ref, atol=1e-6)
-    kw = dict(model=None, x_batch=np.zeros((8, 3, 24, 24), np.float32), y_batch=np.zeros(8, int),
-              a_batch=maps[:, None].numpy(), s_batch=masks[:, None].float().numpy())
+    kw = {"model": None, "x_batch": np.zeros((8, 3, 24, 24), np.float32), "y_batch": np.zeros(8, int),
+              "a_batch": maps[:, None].numpy(), "s_batch": masks[:, None].float().numpy()}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         qa = np.array(quantus.AUC(disable_warnings=True, normalise=False)(**kw), dtype=np.float64)
@@ -96,6 +96,9 @@ def test_auroc_and_top_k_equal_sklearn_and_quantus():
     np.testing.assert_allclose(ours, qa, atol=1e-6)
     top = xaibench.create_metric("top_k_intersection", k=50)(px(maps), b).double().numpy()
     np.testing.assert_allclose(top[1:], qk[1:], atol=1e-9)  # sample 0 has ties: Quantus' unstable sort picks any of them
+    # ties are taken first in raster order: a stable sort of the flattened map
+    ref0 = masks[0].flatten()[torch.argsort(maps[0].flatten(), descending=True, stable=True)[:50]].double().mean()
+    assert math.isclose(float(top[0]), float(ref0), rel_tol=1e-6)
     # perfect, random, inverted; empty mask NaN
     for name in ("auroc", "top_k_intersection"):
         m = xaibench.create_metric(name, **({"k": 50} if name != "auroc" else {}))

@@ -10,11 +10,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from xaibench.metrics.randomisation import cascade_layers, cascading_randomisation, similarity, ssim
 
 import xaibench
-from xaibench import Attribution, Batch
 from xaibench.explainers import EXPLAINERS, Explainer, register_explainer
-from xaibench.metrics.randomisation import cascade_layers, cascading_randomisation, similarity, ssim
 from xaibench.testing.oracles import model_fingerprint
 
 
@@ -58,12 +57,12 @@ def test_gradcam_similarity_falls_edges_stay(setup):
     # never comes back (Adebayo et al. fig. 2: Grad-CAM is sensitive from the top layer on)
     per_step = sims_gc.mean(0)
     assert (per_step < 0.5).all() and float(per_step.mean()) < 0.2
-    ssim_gc = cascading_randomisation(gc, batch, model, similarity_kind="ssim", layers=4)[0]
-    ssim_e = cascading_randomisation(edges, batch, model, similarity_kind="ssim", layers=4)[0]
+    ssim_gc = cascading_randomisation(gc, batch, model, similarity_kind="ssim", layers=2)[0]
+    ssim_e = cascading_randomisation(edges, batch, model, similarity_kind="ssim", layers=2)[0]
     assert (ssim_gc < 0.5).all() and torch.allclose(ssim_e, torch.ones_like(ssim_e))
-    metric = xaibench.create_metric("model_randomisation")
+    metric = xaibench.create_metric("model_randomisation", layers=3)
     s_gc, s_e = metric(gc, batch, model=model), metric(edges, batch, model=model)
-    assert torch.allclose(s_gc.double(), sims_gc.mean(1), atol=1e-6)  # summary = mean over randomised steps only
+    assert torch.allclose(s_gc.double(), sims_gc[:, :3].mean(1), atol=1e-6)  # summary = mean over randomised steps only
     assert (s_gc < s_e - 0.3).all() and torch.allclose(s_e, torch.ones(4))
 
 
@@ -71,15 +70,15 @@ def test_model_untouched_and_seeded(setup):
     model, batch, gc, _, curves = setup
     before = model_fingerprint(model)
     params = {k: v.clone() for k, v in model.state_dict().items()}
-    again, _ = cascading_randomisation(gc, batch, model, similarity_kind="spearman", layers=3)
+    again, _ = cascading_randomisation(gc, batch, model, similarity_kind="spearman", layers=2)
     assert model_fingerprint(model) == before
     assert all(torch.equal(params[k], v) for k, v in model.state_dict().items())
-    assert torch.allclose(again, curves["gradcam"][0][:, :3], atol=1e-6)  # same seed, same cascade
+    assert torch.allclose(again, curves["gradcam"][0][:, :2], atol=1e-6)  # same seed, same cascade
 
 
 def test_batch_composition_independent(setup):
     model, batch, gc, _, _ = setup
-    metric = xaibench.create_metric("model_randomisation", layers=4, similarity="top_k")
+    metric = xaibench.create_metric("model_randomisation", layers=2, similarity="top_k")
     full = metric(gc, batch, model=model)
     idx = [3, 1]
     sub = metric(gc.select(idx), batch.select(idx), model=model)

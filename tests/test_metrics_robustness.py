@@ -51,7 +51,7 @@ def test_equals_explicit_loop(case, name):
 
 
 def test_constant_gradient_scores_zero_and_batch_independent(case):
-    model, batch, ex, attr = case
+    model, batch, _ex, attr = case
     lin = nn.Sequential(nn.Flatten(), nn.Linear(300, 2)).eval()
     a = xaibench.create_explainer("cnn.saliency", lin, reduce="sum").explain(batch.inputs, batch.targets)
     for name in ("max_sensitivity", "local_lipschitz"):
@@ -65,7 +65,7 @@ def test_constant_gradient_scores_zero_and_batch_independent(case):
 
 
 def test_nan_with_reason(case):
-    model, batch, ex, attr = case
+    model, batch, _ex, attr = case
     res = xaibench.create_metric("max_sensitivity", n_samples=2).evaluate(attr.replace(method="baseline.random"), batch, model=model)
     assert res.scores.isnan().all() and "not a registered explainer" in res.reasons[0]
     zero = attr.replace(values=torch.where(torch.arange(4)[:, None, None] == 1, 0.0, attr.values))

@@ -20,10 +20,10 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from xaibench.metrics.localisation_extra import boxes_to_masks
 
 import xaibench
 from xaibench import Attribution, Batch
-from xaibench.metrics.localisation_extra import boxes_to_masks
 
 quantus = pytest.importorskip("quantus")
 
@@ -39,8 +39,8 @@ def loc_case():
     boxes = [torch.cat([c, c + s])[None] for c, s in zip(corner, wh)]
     masks = boxes_to_masks(boxes, (SIZE, SIZE))
     batch = Batch(inputs=torch.zeros(N_MAPS, 1, 1, 1), masks=masks, boxes=boxes)
-    np_kw = dict(model=None, x_batch=np.zeros((N_MAPS, 1, SIZE, SIZE), np.float32), y_batch=np.zeros(N_MAPS, int),
-                 a_batch=maps[:, None].numpy(), s_batch=masks[:, None].float().numpy())
+    np_kw = {"model": None, "x_batch": np.zeros((N_MAPS, 1, SIZE, SIZE), np.float32), "y_batch": np.zeros(N_MAPS, int),
+                 "a_batch": maps[:, None].numpy(), "s_batch": masks[:, None].float().numpy()}
     return Attribution(values=maps, kind="pixel", method="t"), batch, np_kw
 
 
@@ -108,9 +108,9 @@ def _quantus_faith(metric, model, batch, attr):
 
 
 FAITH = {
-    "deletion": (dict(step=STEP_PX / S**2, output="logit", batch_size=128), "deletion_auc",
+    "deletion": ({"step": STEP_PX / S**2, "output": "logit", "batch_size": 128}, "deletion_auc",
                  lambda: quantus.PixelFlipping(features_in_step=STEP_PX, normalise=False, abs=False, disable_warnings=True)),
-    "region_perturbation": (dict(patch=8, regions=16, output="logit", batch_size=128), "region_perturbation",
+    "region_perturbation": ({"patch": 8, "regions": 16, "output": "logit", "batch_size": 128}, "region_perturbation",
                             lambda: quantus.RegionPerturbation(patch_size=8, regions_evaluation=16, normalise=False, abs=False,
                                                                disable_warnings=True)),
 }
