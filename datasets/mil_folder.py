@@ -214,9 +214,9 @@ class SlideFolder(SampleDataset):
             k = len(smp["inputs"])
             inputs[i, :k] = torch.from_numpy(smp["inputs"])
             mask[i, :k] = True
-            ctype[i, :k] = torch.from_numpy(smp["cell_type"])
+            ctype[i, :k] = torch.as_tensor(np.array(smp["cell_type"], dtype=np.int64))
             if labels is not None:
-                labels[i, :k] = torch.from_numpy(smp["instance_labels"])
+                labels[i, :k] = torch.as_tensor(np.array(smp["instance_labels"], dtype=bool))
         meta = {"cell_mask": mask, "cell_type": ctype, "cell_polygons": [smp["cell_polygons"] for smp in samples],
                 "columns": ("x", "y", *(self._columns or ())), "features": tuple(self._columns or ()),
                 "cell_types": tuple(self.cell_types), "position_columns": 2}
