@@ -252,7 +252,10 @@ class MedicalFolder(SampleDataset):
                     raise DataError(f"{it.label_file}: label map shape {lab.shape} differs from image {it.files[0]} "
                                     f"shape {arr.shape} (both after reorientation to RAS)")
                 mask = self._mask_from_labels(lab)
-            bounds = self.bounds if self.bounds != "dicom" else None
+            if self.bounds == "dicom":
+                raise DataError(f"{it.files[0]}: window='dicom' takes the window a DICOM file declares; this is NIfTI. "
+                                "Use a preset (soft_tissue, lung, ...) or (centre, width)")
+            bounds = self.bounds
         else:
             arr, meta, dsets = dicom.read_series(it.files)
             header = dsets[0]

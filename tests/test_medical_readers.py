@@ -257,3 +257,9 @@ def test_truncated_files_give_one_line_naming_the_file(tmp_path, source):
     msg = str(e.value)
     assert str(bad) in msg and "\n" not in msg
     assert "truncated" in msg or "cannot be decoded" in msg
+
+
+def test_dicom_window_on_nifti_is_refused_naming_the_file(tmp_path):
+    shutil.copy(NIB_DATA / "anatomical.nii", tmp_path / "anat.nii")
+    with pytest.raises(DataError, match=r"anat.nii: window='dicom' takes the window a DICOM file declares"):
+        xaibench.create_dataset("medical_folder", root=str(tmp_path), window="dicom").all()
