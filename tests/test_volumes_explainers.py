@@ -61,6 +61,20 @@ def test_gradcam_equals_monai_on_a_monai_resnet():
     assert ours.values.shape == (2, 24, 24, 24)
 
 
+def test_gradcam_equals_monai_on_a_monai_densenet():
+    nets = pytest.importorskip("monai.networks.nets")
+    torch.manual_seed(0)
+    net = nets.DenseNet(spatial_dims=3, in_channels=1, out_channels=2, init_features=8, growth_rate=4,
+                        block_config=(2, 2)).eval()  # a narrow DenseNet121 (in-place ReLUs, as MONAI builds them)
+    x = torch.rand(2, 1, 16, 16, 16)
+    t = torch.tensor([1, 0])
+    ours = xaibench.create_explainer("cnn.gradcam", net, layer="class_layers.relu").explain(x, t)
+    cam = monai_vis.GradCAM(nn_module=copy.deepcopy(net), target_layers="class_layers.relu")
+    ref = torch.cat([cam.compute_map(x[i:i + 1], class_idx=int(t[i]))[:, 0].detach() for i in range(2)])
+    torch.testing.assert_close(ours.extras["layer_map"], ref, atol=1e-6, rtol=1e-4)
+    assert ours.kind == "voxel" and ours.values.shape == (2, 16, 16, 16)
+
+
 @pytest.mark.parametrize("window,stride", [(8, 4), ((8, 16, 16), (4, 8, 8))])
 def test_occlusion_equals_monai_occlusion_sensitivity(model, batch, window, stride):
     x = batch.inputs[:1]
