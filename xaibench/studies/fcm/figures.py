@@ -93,6 +93,8 @@ def fcm_projections(run_dir: Path, results: pd.DataFrame, summary: pd.DataFrame)
         x = ex.get("inputs")
         if ex.get("is_baseline") or ex.get("kind") not in EVENT_KINDS or not isinstance(x, torch.Tensor) or x.ndim != 3:
             continue
+        if not str(ex.get("explainer_key", "")).startswith("fcm."):  # MIL cells are event sets too
+            continue
         extras = ex.get("extras") or {}
         ev = x[0].float().numpy()
         markers = tuple(extras.get("markers") or (f"m{i}" for i in range(ev.shape[1])))

@@ -72,7 +72,7 @@ def _bars(ax: Any, names: list[str], imp: np.ndarray, defining: set[str], confou
 def _fcm_heads(ex: dict[str, Any], run_dir: Path, done: set[tuple[str, str, str]]) -> tuple[str, Path] | None:
     from xaibench import zoo
 
-    from .shap_analysis import fcm_attention_module, run_analysis
+    from xaibench.adapters.mil.shap_analysis import fcm_attention_module, run_analysis
 
     key = (ex["study"], ex["dataset"], ex["model"])
     x, labels = ex.get("inputs"), (ex.get("extras") or {}).get("labels")
