@@ -105,6 +105,9 @@ class EventExplainer(Explainer):
     the batch's per-event labels (for label-based selections) and adds ``labels`` and ``markers``
     to the extras (for figures). Subclasses implement ``_explain(inputs, target, labels)``."""
 
+    #: FCM event sets have no padding rows: any NaN/Inf event is refused (the ReluFormer does not mask rows)
+    nan_padding = False
+
     def explain(self, inputs: Tensor, target: Target = None) -> Attribution:
         return self._explain(inputs, target, None)
 
