@@ -18,8 +18,9 @@ Every reader raises :class:`~xaibench.errors.DataError` with one line naming the
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Literal
 
 import numpy as np
 
@@ -131,7 +132,8 @@ def file_window(ds: Any) -> tuple[float, float] | None:
     c, w = ds.get("WindowCenter"), ds.get("WindowWidth")
     if c is None or w is None:
         return None
-    first = lambda v: float(v[0]) if isinstance(v, (list, tuple)) or hasattr(v, "__getitem__") and not isinstance(v, (str, float, int)) else float(v)  # noqa: E731
+    def first(v: Any) -> float:  # a multi-valued element (MultiValue) or a single number
+        return float(v[0]) if hasattr(v, "__getitem__") and not isinstance(v, (str, bytes)) else float(v)
     return first(c), first(w)
 
 

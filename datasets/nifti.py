@@ -9,8 +9,9 @@ Only the header is read by :func:`read_header`; :func:`read_volume` decodes the 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -25,8 +26,7 @@ _PERM = np.array([[0, 0, 1, 0], [0, 1, 0, 0], [1, 0, 0, 0], [0, 0, 0, 1]], float
 
 
 def is_nifti(path: str | Path) -> bool:
-    name = str(path).lower()
-    return name.endswith(".nii") or name.endswith(".nii.gz")
+    return str(path).lower().endswith((".nii", ".nii.gz"))
 
 
 def stem(path: str | Path) -> str:

@@ -14,13 +14,12 @@ import torch
 pydicom = pytest.importorskip("pydicom")
 nib = pytest.importorskip("nibabel")
 
-from pydicom.data import get_testdata_file  # noqa: E402
+from nibabel.testing import data_path as _nib_data
+from pydicom.data import get_testdata_file
+from xaibench.datasets import dicom, nifti
 
-import xaibench  # noqa: E402
-from xaibench.datasets import dicom, nifti  # noqa: E402
-from xaibench.errors import DataError  # noqa: E402
-
-from nibabel.testing import data_path as _nib_data  # noqa: E402
+import xaibench
+from xaibench.errors import DataError
 
 NIB_DATA = Path(_nib_data)
 

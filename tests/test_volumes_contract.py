@@ -15,8 +15,8 @@ import torch
 import xaibench
 import xaibench.testing as xt
 from xaibench import Attribution, Batch
-from xaibench.testing import MetricExample, get_fixture
 from xaibench.metric import METRICS
+from xaibench.testing import MetricExample, get_fixture
 from xaibench.types import KIND_NDIM
 
 VOLUME_EXPLAINERS = ["cnn.gradcam", "cnn.hirescam", "cnn.occlusion", "cnn.saliency", "cnn.integrated_gradients",

@@ -251,6 +251,7 @@ def test_occlusion_batches_volumes_by_the_voxel_budget(model):
 
 def test_zoo_volume_cnn3d_keeps_its_floor_on_held_out_volumes(model):
     from xaibench.adapters.cnn.volumes import ACCURACY_FLOOR
+
     from xaibench.zoo import evaluate_accuracy
 
     card = zoo.get_entry("volume_cnn3d").card()

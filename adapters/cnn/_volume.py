@@ -19,8 +19,8 @@ from xaibench.types import Attribution
 def check_spatial(inputs: Tensor, who: str) -> int:
     """The number of spatial dims (2 or 3) of ``inputs``; ValueError unless it is a floating
     (B, C, H, W) or (B, C, D, H, W) tensor."""
-    if not isinstance(inputs, Tensor):
-        raise ValueError(f"{who}: expected inputs as a torch.Tensor (B, C, H, W) or (B, C, D, H, W), "
+    if not isinstance(inputs, Tensor):  # ValueError, as for every bad input of an explainer (the contract)
+        raise ValueError(f"{who}: expected inputs as a torch.Tensor (B, C, H, W) or (B, C, D, H, W), "  # noqa: TRY004
                          f"got {type(inputs).__name__}")
     if inputs.ndim not in (4, 5):
         raise ValueError(f"{who}: expected images (B, C, H, W) or volumes (B, C, D, H, W), got shape "

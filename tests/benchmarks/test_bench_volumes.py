@@ -16,10 +16,10 @@ engine of ``cnn.occlusion`` handles 2-D images; volumes fall back to plain forwa
 
 import pytest
 import torch
+from xaibench.adapters.cnn.occlusion import auto_volume_batch_size, window_masks_nd
 
 import xaibench
 from xaibench import zoo
-from xaibench.adapters.cnn.occlusion import auto_volume_batch_size, window_masks_nd
 
 monai_vis = pytest.importorskip("monai.visualize")
 
