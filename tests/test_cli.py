@@ -117,6 +117,7 @@ def test_explain_writes_an_overlay_png(tmp_path):
                  "--param", 'layer="layer3"')
     assert res.exit_code == 0, res.output
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "predicted class" in res.stdout
+    assert "lesion_cnn on lesions sample 2:" in res.stdout  # was "on lesions2:"
     assert "unknown explainer" in one_line_error(invoke("explain", "--model", "lesion_cnn", "--method", "cnn.gradcum"))
 
 
