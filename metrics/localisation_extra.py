@@ -319,9 +319,10 @@ def top_k_intersection(attr: Attribution, batch: Batch, *, k: Annotated[int, Fie
     flat, lab = m.flatten(1), masks.flatten(1)
     kk = min(int(k), flat.shape[1])
     thr = flat.topk(kk, dim=1).values[:, -1:]  # the k-th largest value
-    above = flat > thr
-    eq = flat == thr
-    room = kk - above.sum(1, keepdim=True)  # tied pixels taken, first in raster order
-    take = above | (eq & (torch.cumsum(eq, 1) <= room))
+    take = flat >= thr
+    if bool((take.sum(1) != kk).any()):  # ties at the k-th value: the first ones in raster order
+        above, eq = flat > thr, flat == thr
+        room = kk - above.sum(1, keepdim=True)
+        take = above | (eq & (torch.cumsum(eq, 1) <= room))
     score = (take & lab).sum(1).double() / kk
     return _scores(score, [(_no_region(masks), EMPTY)])
