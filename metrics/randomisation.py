@@ -13,7 +13,9 @@ What we do, and how it differs from Quantus 0.6 ``MPRT``:
 - the summary score is the mean similarity over the randomised steps only. Quantus averages
   its per-layer scores together with the unrandomised model's (a similarity of the original map
   with itself, 1 by construction), which pulls every method towards 1 by 1/(L+1) and makes the
-  score depend on how many layers a model has, not on what the method does;
+  score depend on how many layers a model has, not on what the method does (in Quantus'
+  ``recompute_average_correlation_per_sample`` the loop skips a key ``"orig"`` while the scores
+  are stored under ``"original"``);
 - the cascade re-initialises each layer with its own ``reset_parameters`` (the initialisation the
   architecture was built with; seeded), a layer without one from N(0, std of its weights).
   Normalisation layers (batch/layer/group/instance norm) are not randomised steps: their affine

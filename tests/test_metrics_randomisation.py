@@ -132,6 +132,12 @@ def test_mean_excludes_the_unrandomised_model_unlike_quantus_mprt(setup):
     # similarity to itself (1 by construction): with L layers its mean is (1 + Σ s_l) / (L + 1).
     # That is not a measurement and it depends on the model's depth: the same per-layer curve on a
     # deeper model moves Quantus's score; ours is the mean of the randomised steps only.
+    # The cause, in Quantus' own code: recompute_average_correlation_per_sample skips a key named
+    # "orig", but the original model's scores are stored under "original", so they are averaged in.
+    quantus = pytest.importorskip("quantus")
+    mprt = quantus.MPRT(return_average_correlation=True, disable_warnings=True)
+    mprt.evaluation_scores = {"original": [1.0, 1.0], "fc": [0.0, 0.2], "conv1": [0.2, 0.1]}
+    np.testing.assert_allclose(mprt.recompute_average_correlation_per_sample(), [0.4, 0.4333333333])
     _, _, _, _, curves = setup
     sims, _ = curves["gradcam"]
     ours = sims.mean(1)
