@@ -7,11 +7,13 @@ activation). MONAI is run where its definition coincides with ours: ``mode=0.0``
 MONAI runs at its default ``n_batch=16``; the "limit" is the 343 occluded forward passes alone,
 batched as ours, on prebuilt inputs.
 
-Measured here (2 cores under a load average of ~12, medians of 3): with 6 volumes per pass (the
-2-D pixel budget) ours took 32.1 s, MONAI 7.5 s, the forwards alone 25.0 s; with the voxel
-budget (48 volumes of 32³ per pass) ours 5.4 s, MONAI 4.6 s, the forwards alone 4.35 s: both
-sit at the forward floor. An exact 2x needs incremental inference in 3-D (the incremental
-engine of ``cnn.occlusion`` handles 2-D images; volumes fall back to plain forwards).
+Measured here (2 shared cores, load average 6-12, medians of 3): with 6 volumes per pass (the
+2-D pixel budget) ours took 32.1 s, MONAI 7.5 s, the forwards alone 25.0 s. With the voxel
+budget (48 volumes of 32³ per pass) three runs gave MONAI / ours = 0.86x (5.4 s vs 4.6 s),
+2.06x (2.6 s vs 5.3 s) and 2.25x (2.5 s vs 5.6 s): the gain is batching (MONAI's default is 16
+per pass) and the load swings the numbers; both compute every occluded forward. A reliable,
+exact 2x needs incremental inference in 3-D (the incremental engine of ``cnn.occlusion``
+handles 2-D images; volumes fall back to plain forwards, ``extras["engine"]`` says so).
 """
 
 import pytest
