@@ -8,6 +8,7 @@ still a cycle.
 from __future__ import annotations
 
 import ast
+import os
 import re
 from pathlib import Path
 
@@ -116,3 +117,17 @@ def test_no_code_that_can_unpickle():
                     offenders.append(f"{p.relative_to(ROOT)}:{i}: {line.strip()}")
     assert not offenders, "\n".join(offenders)
     assert UNSAFE.search("x = torch.load(f)") and UNSAFE.search("np.load(p, allow_pickle=True)")
+
+
+def test_atomic_writes_give_ordinary_file_modes(tmp_path):
+    """Report files written atomically get the mode a plain open() gives (mkstemp's 0600 would
+    hide them from colleagues sharing the folder); an existing file keeps its mode."""
+    from xaibench.util import atomic_write_text
+
+    plain = tmp_path / "plain.txt"
+    plain.write_text("x")
+    fresh = atomic_write_text(tmp_path / "fresh.txt", "y")
+    assert fresh.stat().st_mode & 0o777 == plain.stat().st_mode & 0o777
+    os.chmod(plain, 0o640)
+    atomic_write_text(plain, "z")
+    assert plain.stat().st_mode & 0o777 == 0o640 and plain.read_text() == "z"

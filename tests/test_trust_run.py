@@ -292,8 +292,6 @@ def test_unreadable_files_are_named(tmp_path):
     trunc.write_bytes(w[: len(w) // 3])
     with pytest.raises(DataError, match="trunc.safetensors"):
         read_weights(trunc)
-    res = invoke("run", "--n-samples", "1", "--out", str(tmp_path / "r"), "--quiet")  # sanity: CLI usable
-    assert res.exit_code in (0, 1)
 
 
 def test_unknown_zoo_model_hint_names_a_real_command():
