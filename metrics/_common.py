@@ -5,14 +5,18 @@ the explainer that made an attribution."""
 from __future__ import annotations
 
 import hashlib
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
 from torch import Tensor, nn
 
+from pydantic import Field
+
 from xaibench import Attribution, Batch
 
-Output = Literal["probability", "logit"]
+#: the explained output, shared by the faithfulness metrics (documented once here)
+Output = Annotated[Literal["probability", "logit"],
+                   Field(description="the explained output: the target's softmax probability or its logit")]
 
 
 def sample_seeds(batch: Batch, seed: int) -> list[int]:

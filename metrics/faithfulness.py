@@ -36,8 +36,8 @@ from ._common import Output, resolve_target, select_output
 Baseline = Literal["black", "blur", "mean"]
 Order = Literal["morf", "lerf"]
 Step = Annotated[float, Field(gt=0, le=0.5)]
-Patch = Annotated[int, Field(ge=1)]
-BatchSize = Annotated[int, Field(ge=1)]
+Patch = Annotated[int, Field(ge=1, description="region size in pixels (1 = pixels), regions ranked by summed relevance")]
+BatchSize = Annotated[int, Field(ge=1, description="images per forward pass")]
 UNBOUNDED = (-math.inf, math.inf)
 
 
@@ -198,7 +198,6 @@ def deletion_auc(attr: Attribution, batch: Batch, *, baseline: Baseline = "black
         step: the share of regions removed per step (0.05 = 20 steps, 21 forward passes per sample).
         patch: region size in pixels (1 = pixels; 8 = Samek's 8x8 regions), ranked by summed relevance.
         output: ``"probability"`` (softmax of the target) or ``"logit"``.
-        batch_size: images per forward pass.
 
     References: Petsiuk et al., RISE, BMVC 2018.
     """
@@ -216,9 +215,6 @@ def insertion_auc(attr: Attribution, batch: Batch, *, baseline: Baseline = "blur
     Args:
         baseline: the starting image: ``"blur"`` (RISE), ``"black"`` or ``"mean"``.
         step: the share of regions revealed per step.
-        patch: region size in pixels, ranked by summed relevance.
-        output: ``"probability"`` or ``"logit"``.
-        batch_size: images per forward pass.
 
     References: Petsiuk et al., RISE, BMVC 2018.
     """
@@ -237,9 +233,6 @@ def deletion_gap(attr: Attribution, batch: Batch, *, baseline: Baseline = "black
     Args:
         baseline: what removed pixels become: ``"black"``, ``"blur"`` or ``"mean"``.
         step: the share of regions removed per step (both curves).
-        patch: region size in pixels, ranked by summed relevance.
-        output: ``"probability"`` or ``"logit"``.
-        batch_size: images per forward pass.
 
     References: Rong et al., ROAD, ICML 2022 (MoRF and LeRF read together).
     """
@@ -263,7 +256,6 @@ def region_perturbation(attr: Attribution, batch: Batch, *, patch: Patch = 8, re
         regions: L, the number of regions perturbed (one per step, one forward pass each).
         baseline: what perturbed regions become: ``"black"``, ``"blur"`` or ``"mean"``.
         output: ``"logit"`` (as Samek and Quantus) or ``"probability"``.
-        batch_size: images per forward pass.
 
     References: Samek et al., Evaluating the visualization of what a deep neural network has
     learned, IEEE TNNLS 2017.

@@ -31,7 +31,10 @@ from xaibench.explainers import model_guard
 from ._common import Output, resolve_target, select_output
 from .instance_sets import event_scores
 
-Ks = tuple[Annotated[float, Field(gt=0, lt=1)], ...]
+Ks = Annotated[tuple[Annotated[float, Field(gt=0, lt=1)], ...],
+               Field(description="the top fractions of instances (default 1, 5 and 20%)")]
+TargetClass = Annotated[Annotated[int, Field(ge=0)] | None,
+                        Field(description="score this class instead of the attribution's / batch's target")]
 SET_KINDS = ("event", "event_head", "event_vector")
 
 
@@ -105,14 +108,9 @@ DEFAULT_KS = (0.01, 0.05, 0.2)
 @register_metric("comprehensiveness", direction="higher", category="faithfulness", kinds=SET_KINDS, needs_model=True,
                  range=(-math.inf, math.inf), example=_example, contract_skip=NO_GT)
 def comprehensiveness(attr: Attribution, batch: Batch, *, ks: Ks = DEFAULT_KS, output: Output = "probability",
-                      target_class: Annotated[int, Field(ge=0)] | None = None, model: nn.Module | None = None) -> Tensor:
+                      target_class: TargetClass = None, model: nn.Module | None = None) -> Tensor:
     """Output drop when the top-k% instances are removed, f(x) − f(x without top-k), averaged
     over ``ks``. Higher = the map found the instances the output rests on. (B,)
-
-    Args:
-        ks: the top fractions (default 1, 5 and 20%).
-        output: ``"probability"`` or ``"logit"``.
-        target_class: score this class instead of the attribution's / batch's target.
 
     References: DeYoung et al., ERASER, ACL 2020.
     """
@@ -122,14 +120,9 @@ def comprehensiveness(attr: Attribution, batch: Batch, *, ks: Ks = DEFAULT_KS, o
 @register_metric("sufficiency", direction="lower", category="faithfulness", kinds=SET_KINDS, needs_model=True,
                  range=(-math.inf, math.inf), example=_example, contract_skip=NO_GT)
 def sufficiency(attr: Attribution, batch: Batch, *, ks: Ks = DEFAULT_KS, output: Output = "probability",
-                target_class: Annotated[int, Field(ge=0)] | None = None, model: nn.Module | None = None) -> Tensor:
+                target_class: TargetClass = None, model: nn.Module | None = None) -> Tensor:
     """Output drop when only the top-k% instances are kept, f(x) − f(top-k only), averaged over
     ``ks``. Lower (negative: the top instances alone give a stronger output) = better. (B,)
-
-    Args:
-        ks: the top fractions (default 1, 5 and 20%).
-        output: ``"probability"`` or ``"logit"``.
-        target_class: score this class instead of the attribution's / batch's target.
 
     References: DeYoung et al., ERASER, ACL 2020.
     """

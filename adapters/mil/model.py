@@ -126,7 +126,15 @@ class MILModel(nn.Module):
 
     def cell_attention(self, feats: Tensor) -> Tensor:
         """The attention module on single cells: (n, F) raw features -> (n, H) pre-softmax scores."""
-        raise NotImplementedError
+        return self.att(self.embed(feats))
+
+    def bag_scores(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Checked bags -> raw features (B, N, F), mask (B, N), embeddings (B, N, D) and the
+        attention module's pre-softmax scores (B, rows, N)."""
+        self.check(x)
+        _, feats, mask = split_bag(x)
+        h = self.embed(feats)
+        return feats, mask, h, self.att(h).transpose(1, 2)
 
     def forward(self, x: Tensor) -> Tensor:
         """(B, N, 2 + F) bags -> (B, C) slide logits."""
@@ -147,14 +155,8 @@ class ABMIL(MILModel):
         self.att = GatedAttention(hidden, d_att, n_heads, gated)
         self.classifier = nn.Linear(hidden * n_heads, n_classes)
 
-    def cell_attention(self, feats: Tensor) -> Tensor:
-        return self.att(self.embed(feats))
-
     def attention(self, x: Tensor) -> dict[str, Tensor]:
-        self.check(x)
-        _, feats, mask = split_bag(x)
-        h = self.embed(feats)  # (B, N, D)
-        scores = self.att(h).transpose(1, 2)  # (B, H, N)
+        _, mask, h, scores = self.bag_scores(x)  # scores (B, H, N)
         w = masked_softmax(scores, mask[:, None])
         pooled = w @ h  # (B, H, D)
         logits = self.classifier(pooled.flatten(1))
@@ -185,14 +187,8 @@ class CLAM(MILModel):
             self.classifier = nn.Linear(hidden, n_classes)
         self.instance_classifiers = nn.ModuleList(nn.Linear(hidden, 2) for _ in range(n_classes))
 
-    def cell_attention(self, feats: Tensor) -> Tensor:
-        return self.att(self.embed(feats))
-
     def attention(self, x: Tensor) -> dict[str, Tensor]:
-        self.check(x)
-        _, feats, mask = split_bag(x)
-        h = self.embed(feats)
-        scores = self.att(h).transpose(1, 2)  # (B, 1 or C, N)
+        _, mask, h, scores = self.bag_scores(x)  # scores (B, 1 or C, N)
         w = masked_softmax(scores, mask[:, None])
         pooled = w @ h
         if self.multi_branch:
@@ -253,14 +249,8 @@ class TypeAwareMIL(MILModel):
         """(..., n_types) bool one-hot cell types from raw features."""
         return feats[..., self.type_columns] > 0.5
 
-    def cell_attention(self, feats: Tensor) -> Tensor:
-        return self.att(self.embed(feats))
-
     def attention(self, x: Tensor) -> dict[str, Tensor]:
-        self.check(x)
-        _, feats, mask = split_bag(x)
-        h = self.embed(feats)
-        scores = self.att(h).transpose(1, 2)  # (B, T, N)
+        feats, mask, h, scores = self.bag_scores(x)  # scores (B, T, N)
         member = self.types_of(feats).transpose(1, 2) & mask[:, None]  # (B, T, N)
         w = masked_softmax(scores, member)
         pooled = w @ h
