@@ -411,6 +411,7 @@ class RunData:
 
     @property
     def failed(self) -> pd.DataFrame:
+        """The cells that raised (``cell_key``, ``error``, ...); retried by ``--resume``."""
         return self.cells[self.cells["status"] == "failed"]
 
 

@@ -117,7 +117,7 @@ def render_html(report: Report) -> str:
     if meta.get("description"):
         parts.append(f"<p>{e(meta['description'])}</p>")
     parts.append(_facts(meta, cells))
-    failed = cells[cells["status"] == "failed"] if "status" in cells else cells.iloc[:0]
+    failed = d.failed
     if not failed.empty:
         rows = "".join(f"<tr><td>{e(k)}</td><td><pre>{e(err)}</pre></td></tr>"
                        for k, err in zip(failed["cell_key"], failed["error"]))

@@ -64,7 +64,7 @@ def render_markdown(report: Report) -> str:
     if meta.get("description"):
         lines += [md(meta["description"]), ""]
     lines += _run_facts(meta, cells)
-    failed = cells[cells["status"] == "failed"] if "status" in cells else cells.iloc[:0]
+    failed = d.failed
     if not failed.empty:
         lines += ["", "## Failed cells", "", "These cells raised; they have no rows and are retried by "
                   "`xaibench run CONFIG --out RUN --resume`.", ""]
