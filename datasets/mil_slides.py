@@ -44,7 +44,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch

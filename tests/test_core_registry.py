@@ -89,7 +89,6 @@ def test_explainer_get_params_records_settings():
 
 def test_packages_are_namespaced():
     """adapters/, metrics/ and datasets/ install as xaibench.* — never top-level packages."""
-    import importlib.util
 
     import xaibench.datasets
     import xaibench.metrics

@@ -4,7 +4,6 @@ metadata with FULL_PATH) with their own ABMIL weights runs through a study in on
 import json
 
 import pandas as pd
-import torch
 
 import xaibench
 from xaibench import zoo

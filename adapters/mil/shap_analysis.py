@@ -33,7 +33,6 @@ from typing import Any, Iterator, Literal, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from xaibench import Batch, register_explainer
