@@ -229,6 +229,17 @@ def test_slicewise_stacks_the_2d_maps_of_each_slice():
         xaibench.create_explainer("cnn.slicewise", net, slices="mask").explain(b.inputs, t)
 
 
+def test_slicewise_refuses_volumes_with_another_channel_count_than_the_2d_model():
+    torch.manual_seed(0)
+    net = xaibench.create_model("cnn.small_resnet", num_classes=2, in_chans=3).eval()
+    b = xaibench.create_dataset("volume_lesions", n=1, batch_size=1, seed=4, size=16).all()  # 1-channel CT
+    ex = xaibench.create_explainer("cnn.slicewise", net, method="cnn.saliency")
+    with pytest.raises(ValueError, match=r"expects 3-channel slices .* C=1; repeat the grey channel"):
+        ex.explain(b.inputs, 0)
+    # the suggested fix works: the repeated grey channel gives a map per voxel
+    assert ex.explain(b.inputs.expand(-1, 3, -1, -1, -1), 0).values.shape == (1, 16, 16, 16)
+
+
 def test_occlusion_batches_volumes_by_the_voxel_budget(model):
     from xaibench.adapters.cnn.occlusion import VOXELS_PER_FORWARD, auto_volume_batch_size
 

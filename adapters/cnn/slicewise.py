@@ -9,7 +9,7 @@ from pydantic import Field
 from torch import Tensor
 
 from xaibench import register_explainer
-from xaibench.explainers import EXPLAINERS, Explainer, Target, model_guard, resolve_target
+from xaibench.explainers import EXPLAINERS, Explainer, Target, first_conv, model_guard, resolve_target
 from xaibench.testing.fixtures import FixtureCase, register_fixture
 from xaibench.types import Attribution, Batch
 
@@ -47,6 +47,12 @@ class SliceWise(Explainer):
             raise ValueError(f"{self.name}: expected volumes (B, C, D, H, W), got "
                              f"{tuple(getattr(inputs, 'shape', ()))}; 2-D images go to the 2-D method itself")
         b, c, d, h, w = inputs.shape
+        conv = first_conv(self.model, 4)
+        if conv is not None and conv.in_channels != c:
+            raise ValueError(f"{self.name}: the 2-D model expects {conv.in_channels}-channel slices (its first Conv2d has "
+                             f"in_channels={conv.in_channels}), got volumes (B, C, D, H, W) = {tuple(inputs.shape)} with "
+                             f"C={c}; " + (f"repeat the grey channel (x.expand(-1, {conv.in_channels}, -1, -1, -1))"
+                                           if c == 1 else "convert the volumes to the model's channels"))
         with model_guard(self.model), torch.no_grad():  # None: the class with the highest mean logit over slices
             logits = self.model(inputs.transpose(1, 2).reshape(b * d, c, h, w)).view(b, d, -1).mean(1)
         t = resolve_target(logits, target)
