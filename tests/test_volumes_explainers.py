@@ -270,3 +270,16 @@ def test_zoo_volume_cnn3d_keeps_its_floor_on_held_out_volumes(model):
     # re-measured on held-out test volumes (split "test", never seen in training)
     test = xaibench.create_dataset("volume_lesions", n=96, batch_size=48, seed=0, split="test")
     assert evaluate_accuracy(model, test) >= ACCURACY_FLOOR
+
+
+def test_centre_baseline_on_voxel_maps_is_the_3d_gaussian():
+    from xaibench.baselines import centre_baseline
+
+    like = Attribution(values=torch.zeros(2, 5, 6, 7), kind="voxel", method="x")
+    c = centre_baseline(like, Batch(inputs=torch.zeros(2, 1, 5, 6, 7), ids=["a", "b"]), 0, sigma=0.3)
+    assert c.kind == "voxel" and c.values.shape == (2, 5, 6, 7) and torch.equal(c.values[0], c.values[1])
+    # reference: the closed form at voxel centres, coordinates as fractions of each side
+    for z, y, x in [(0, 0, 0), (2, 3, 3), (4, 1, 6), (2, 2, 3)]:
+        r2 = ((z + 0.5) / 5 - 0.5) ** 2 + ((y + 0.5) / 6 - 0.5) ** 2 + ((x + 0.5) / 7 - 0.5) ** 2
+        assert c.values[0, z, y, x].item() == pytest.approx(math.exp(-r2 / (2 * 0.3 ** 2)), rel=1e-6)
+    assert divmod(int(c.values[0].argmax()), 42)[0] == 2  # the central slice

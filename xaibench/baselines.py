@@ -70,30 +70,31 @@ def random_baseline(like: Attribution, batch: Batch, seed: int = 0, *, grid: int
     return Attribution(values=values, kind=like.kind, method="baseline.random", params={"seed": seed, "grid": grid}, extras=extras)
 
 
-def _gauss(h: int, w: int, sigma: float) -> Tensor:
-    ys = (torch.arange(h, dtype=torch.float32) + 0.5) / h - 0.5
-    xs = (torch.arange(w, dtype=torch.float32) + 0.5) / w - 0.5
-    return torch.exp(-(ys[:, None] ** 2 + xs[None, :] ** 2) / (2 * sigma**2))
+def _gauss(*sides: int, sigma: float) -> Tensor:
+    """A Gaussian centred in a (h, w) or (d, h, w) grid, coordinates as fractions of each side."""
+    r2 = sum(((torch.arange(n, dtype=torch.float32) + 0.5) / n - 0.5).reshape([-1 if i == j else 1 for j in range(len(sides))]) ** 2
+             for i, n in enumerate(sides))
+    return torch.exp(-r2 / (2 * sigma**2))
 
 
 @register_baseline("centre")
 def centre_baseline(like: Attribution, batch: Batch, seed: int = 0, *, sigma: float = 0.25) -> Attribution | None:
-    """A centred Gaussian; only for pixel/token maps.
+    """A centred Gaussian; for pixel, token and voxel maps (a 3-D Gaussian at the volume's centre).
 
     Args:
-        sigma: the Gaussian's standard deviation as a fraction of the image side.
+        sigma: the Gaussian's standard deviation as a fraction of the image (volume) side.
     """
     b = like.batch_size
-    if like.kind == "pixel":
-        h, w = like.values.shape[-2:]
-        return Attribution(values=_gauss(h, w, sigma).expand(b, h, w).clone(), kind="pixel",
+    if like.kind in ("pixel", "voxel"):
+        sides = tuple(like.values.shape[1:])
+        return Attribution(values=_gauss(*sides, sigma=sigma).expand(b, *sides).clone(), kind=like.kind,
                            method="baseline.centre", params={"sigma": sigma})
     if like.kind == "token":
         gh, gw = like.extras["grid"]
-        tok = _gauss(gh, gw, sigma).reshape(1, -1).expand(b, -1).clone()
+        tok = _gauss(gh, gw, sigma=sigma).reshape(1, -1).expand(b, -1).clone()
         extras = {"grid": (gh, gw)}
         if "pixel" in like.extras:
             h, w = like.extras["pixel"].shape[-2:]
-            extras["pixel"] = _gauss(h, w, sigma).expand(b, h, w).clone()
+            extras["pixel"] = _gauss(h, w, sigma=sigma).expand(b, h, w).clone()
         return Attribution(values=tok, kind="token", method="baseline.centre", params={"sigma": sigma}, extras=extras)
     return None
