@@ -88,6 +88,8 @@ class CellResult:
         spec_hash: digest of the cell's resolved spec (what resumability is keyed on).
         data_fp: fingerprint of the user data the cell read (``""`` for generators).
         error: for a failed cell, what went wrong (then ``rows`` is empty).
+        device: the torch device the cell ran on (``cpu``, ``cuda:0``); dtype: the model's dtype.
+        forwards: samples passed through the model's forward (a lower bound; None if not counted).
     """
 
     key: str
@@ -104,6 +106,9 @@ class CellResult:
     spec_hash: str = ""
     data_fp: str = ""
     error: str | None = None
+    device: str = ""
+    dtype: str = ""
+    forwards: int | None = None
 
 
 # ----------------------------------------------------------------------------- lock

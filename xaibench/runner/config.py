@@ -34,6 +34,7 @@ import tomllib
 from pydantic import ValidationError
 
 from ..baselines import BASELINES
+from ..claims import StudyLabels, check_claim
 from ..data import DATASETS, SampleDataset
 from ..errors import ConfigError
 from ..explainers import EXPLAINERS
@@ -90,10 +91,18 @@ class BenchmarkConfig:
     seed: int
     studies: tuple[Study, ...]
     source: str = ""
+    #: the file's ``device`` (None: the runner's default); not in ``record()``, so not in the hash
+    device: str | None = None
+
+    #: the claims to check (records of :class:`xaibench.claims.ClaimEntry`, study claims with ``where.study``)
+    claims: tuple[dict[str, Any], ...] = ()
 
     def record(self) -> dict[str, Any]:
         """The resolved configuration as plain JSON-able data (what the hash is taken of)."""
-        return {"name": self.name, "seed": self.seed, "studies": [s.record() for s in self.studies]}
+        rec = {"name": self.name, "seed": self.seed, "studies": [s.record() for s in self.studies]}
+        if self.claims:  # absent when there are none: a file without claims keeps its hash
+            rec["claims"] = list(self.claims)
+        return rec
 
     @property
     def hash(self) -> str:
@@ -224,8 +233,29 @@ def parse_config(raw: dict[str, Any], *, source: str = "<dict>", base_dir: Path 
     if dup:
         problems.add("study", f"study names must be unique, repeated: {dup}")
     problems.raise_if_any()
+    claims = _resolve_claims(f, [s for s in studies if s is not None], problems)
+    problems.raise_if_any()
     return BenchmarkConfig(name=f.name.strip(), description=f.description, seed=f.seed,
-                           studies=tuple(s for s in studies if s is not None), source=source)
+                           studies=tuple(s for s in studies if s is not None), source=source, device=f.device,
+                           claims=claims)
+
+
+def _resolve_claims(f: BenchmarkFile, studies: list[Study], problems: Problems) -> tuple[dict[str, Any], ...]:
+    """Every claim (study claims get ``where.study``), its names checked against the studies' labels."""
+    labels = [StudyLabels(name=s.name, datasets=tuple(d.label for d in s.datasets),
+                          models=tuple(m.label for m in s.models),
+                          explainers=tuple((e.label, e.name) for e in s.explainers),
+                          metrics=tuple((m.label, m.name) for m in s.metrics),
+                          baselines=tuple(b.label if b.label != b.name else f"baseline.{b.name}" for b in s.baselines))
+              for s in studies]
+    items = [(c, f"claim[{j}]") for j, c in enumerate(f.claim)]
+    for i, (st, s) in enumerate(zip(f.study, studies)):
+        items += [(c.model_copy(update={"where": {**c.where, "study": s.name}}), f"study[{i}].claims[{j}]")
+                  for j, c in enumerate(st.claims)]
+    for c, at in items:
+        for path, msg in check_claim(c, labels, at):
+            problems.add(path, msg)
+    return tuple(c.record() for c, _ in items)
 
 
 def _resolve_study(st: StudyFile, i: int, f: BenchmarkFile, problems: Problems, base_dir: Path | None) -> Study | None:

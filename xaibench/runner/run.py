@@ -40,7 +40,7 @@ from ..store import (
 from .config import BenchmarkConfig, Cell, expand, load_config
 from .executor import create_executor, make_jobs
 from .preflight import check_grid
-from .work import RunContext, execute_job
+from .work import RunContext, check_device_name, execute_job, resolve_device
 
 #: Names a run writes into its folder; a folder holding any of them that is not a run is refused.
 RUN_OUTPUTS = (DB_NAME, EXAMPLES_DIR, "figures", "results.csv", "results.parquet", "summary.csv", "skipped.csv",
@@ -215,6 +215,8 @@ def run_benchmark(
     executor: str = "local",
     report: bool = True,
     on_cell: Callable[[CellResult], None] | None = None,
+    device: str | None = None,
+    executor_options: dict[str, Any] | None = None,
 ) -> RunResult:
     """Run a benchmark into a run folder and build its report.
 
@@ -225,9 +227,13 @@ def run_benchmark(
         force: delete what the previous run in ``out`` wrote (its manifest) first.
         n_samples: override every study's ``n_samples``.
         quiet: no progress display.
-        executor: registered executor name (``"local"``).
+        executor: registered executor name (``"local"``, ``"ray"``).
         report: build the report files at the end.
         on_cell: called after each cell is committed (for tools and tests).
+        device: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps`` (default: the benchmark's ``device``,
+            else ``cpu``); models and batches are moved there once per job. Not part of the config hash:
+            the run records the devices its cells ran on, and ``regress`` flags a change.
+        executor_options: settings of the executor (ray: ``address``, ``workers``, ``gpus_per_worker``).
 
     Returns:
         a :class:`RunResult`; ``failed`` maps failed cells to their reasons (they are retried by ``resume``).
@@ -241,6 +247,10 @@ def run_benchmark(
     """
     t0 = time.perf_counter()
     cfg = config if isinstance(config, BenchmarkConfig) else load_config(config, n_samples=n_samples)
+    device = check_device_name(device or getattr(cfg, "device", None) or "cpu")
+    if executor == "local":
+        resolve_device(device)  # a device this machine lacks fails before anything runs
+    runner = create_executor(executor, **(executor_options or {}))
     run_dir = Path(out) if out is not None else default_run_dir(cfg)
     fps = check_grid(cfg)
     cells = [c.with_data_fp(fps.get(f"{c.study.name}/{c.dataset.label}", "")) for c in expand(cfg)]
@@ -253,11 +263,16 @@ def run_benchmark(
                 "resumed_at": [*meta.get("resumed_at", []), now()]}
             store.set_meta(format=FORMAT, name=cfg.name, description=cfg.description, seed=cfg.seed,
                            config_hash=cfg.hash, config=cfg.record(), config_source=cfg.source, versions=versions(),
-                           host=host_info(), data_fingerprints=fps, finished_at=None, **started)
+                           host=host_info(), data_fingerprints=fps, finished_at=None, device=device,
+                           executor=executor, **started)
+            costs: dict[str, Any] = dict(meta.get("cell_costs") or {})
+            devices = set(meta.get("devices") or [])
+            dtypes = set(meta.get("dtypes") or [])
             store.plan(cells)
             done = store.done_cells()
             todo = [c for c in cells if c.key not in done]
-            ctx = RunContext(run=cfg.name, config_hash=cfg.hash, seed=cfg.seed)
+            ctx = RunContext(run=cfg.name, config_hash=cfg.hash, seed=cfg.seed, device=device)
+            n_per_cell = {c.key: c.study.n_samples for c in cells}
             prog = _Progress(progress_enabled(quiet), len(todo))
 
             def commit(res: CellResult) -> None:
@@ -271,12 +286,18 @@ def run_benchmark(
                 store.commit_cell(res, files)
                 if res.error:
                     failed[res.key] = res.error
+                else:  # what the cell cost, for `xaibench plan --from RUN` and the record of devices
+                    costs[res.key] = {"seconds": res.seconds, "n_samples": n_per_cell.get(res.key),
+                                      "forwards": res.forwards, "device": res.device, "dtype": res.dtype}
+                    devices.add(res.device or "cpu")
+                    dtypes.add(res.dtype or "float32")
+                    store.set_meta(cell_costs=costs, devices=sorted(devices), dtypes=sorted(dtypes))
                 prog.cell()
                 if on_cell is not None:
                     on_cell(res)
 
             with prog.show():
-                create_executor(executor).run(make_jobs(todo), functools.partial(execute_job, ctx), commit, prog.batch)
+                runner.run(make_jobs(todo), functools.partial(execute_job, ctx), commit, prog.batch)
             store.set_meta(finished_at=now(), n_failed=len(failed))
         finally:
             store.close()

@@ -25,6 +25,7 @@ from pydantic import (
 )
 
 from ..baselines import BASELINES
+from ..claims import ClaimEntry
 from ..data import DATASETS, MODELS
 from ..errors import ConfigError, SettingsError, UnknownNameError
 from ..explainers import EXPLAINERS
@@ -92,6 +93,7 @@ class StudyFile(_Strict):
     target: Literal["label", "predicted"] | None = None
     baselines: list[Entry] | None = None
     seed: int | None = None
+    claims: list[ClaimEntry] = Field(default_factory=list, description="findings to check on this study's rows")
 
 
 class BenchmarkFile(_Strict):
@@ -105,7 +107,12 @@ class BenchmarkFile(_Strict):
     batch_size: int = Field(16, ge=1)
     target: Literal["label", "predicted"] = "label"
     baselines: list[Entry] = Field(default_factory=lambda: [PluginEntry(name="random"), PluginEntry(name="centre")])
+    device: str | None = Field(None, pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$",
+                               description="where models and batches run: auto, cpu, cuda, cuda:N or mps "
+                                           "(`--device` overrides; not part of the config hash)")
     study: list[StudyFile] = Field(min_length=1)
+    claim: list[ClaimEntry] = Field(default_factory=list,
+                                    description="findings to check ([[claim]] blocks; `where.study` selects studies)")
 
 
 @dataclass(frozen=True)
@@ -249,13 +256,13 @@ def pydantic_problems(exc: Any, problems: Problems) -> None:
         for part in loc:
             if isinstance(part, int):
                 path += f"[{part}]"
-            elif str(part).startswith("function-") or part in ("PluginEntry", "ModelEntry"):
+            elif str(part).startswith("function-") or part in ("PluginEntry", "ModelEntry", "ClaimEntry"):
                 continue
             else:
                 path += ("." if path else "") + str(part)
         msg = err.get("msg", "invalid")
         if err.get("type") == "extra_forbidden":
-            known = {k for m in (BenchmarkFile, StudyFile, PluginEntry, ModelEntry) for k in m.model_fields}
+            known = {k for m in (BenchmarkFile, StudyFile, PluginEntry, ModelEntry, ClaimEntry) for k in m.model_fields}
             msg = f"unknown key {loc[-1]!r}{did_you_mean(loc[-1], known, n=3)} (see `xaibench schema` for the format)"
         elif "input" in err and err.get("type") != "missing":
             msg += f", got {err['input']!r}"

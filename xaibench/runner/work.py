@@ -8,10 +8,13 @@ result (its reason recorded); the job goes on with its other cells.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import hashlib
 import json
 import math
 import random
+import re
 import time
 import traceback
 import warnings
@@ -42,11 +45,60 @@ MAX_EXAMPLE_BYTES = 32 * 2**20
 
 @dataclass(frozen=True)
 class RunContext:
-    """Plain data every job needs: run name, config hash and the benchmark seed."""
+    """Plain data every job needs: run name, config hash, the benchmark seed and the device
+    (as requested: ``auto`` is resolved where the job runs, so a worker picks its own GPU)."""
 
     run: str
     config_hash: str
     seed: int
+    device: str = "cpu"
+
+
+#: Device names ``--device`` accepts (``cuda:N`` with any index).
+DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+
+
+def check_device_name(device: str) -> str:
+    """``device`` if it is a valid ``--device`` value, else a ValueError saying what is allowed."""
+    if not isinstance(device, str) or not DEVICE_PATTERN.match(device):
+        raise ValueError(f"device: expected auto, cpu, cuda, cuda:N or mps, got {device!r}")
+    return device
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """The torch device for a ``--device`` value: ``auto`` is CUDA if present, else MPS, else CPU.
+
+    Raises:
+        ValueError: an unknown name, or a device this machine does not have (``cuda`` without CUDA,
+            ``cuda:3`` on a machine with 2 GPUs, ``mps`` off Apple silicon).
+    """
+    check_device_name(device)
+    mps = getattr(torch.backends, "mps", None)
+    has_mps = bool(mps is not None and mps.is_available())
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "mps" if has_mps else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if (dev.index or 0) >= n:
+            raise ValueError(f"device {device!r}: this machine has {n} CUDA device(s)"
+                             + ("" if n else "; use --device cpu (or auto)"))
+    if dev.type == "mps" and not has_mps:
+        raise ValueError(f"device {device!r}: MPS is not available here; use --device cpu (or auto)")
+    return dev
+
+
+def batch_to(batch: Batch, device: torch.device) -> Batch:
+    """The batch with every tensor (inputs, targets, masks, instance labels, boxes, per-sample meta) on
+    ``device``; the same object when nothing moves."""
+    if batch.inputs.device == device:
+        return batch
+    mv = lambda v: v.to(device) if isinstance(v, Tensor) else v  # noqa: E731
+    return dataclasses.replace(
+        batch, inputs=batch.inputs.to(device), targets=mv(batch.targets), masks=mv(batch.masks),
+        instance_labels=mv(batch.instance_labels),
+        boxes=None if batch.boxes is None else [mv(b) for b in batch.boxes],
+        meta={k: mv(v) for k, v in batch.meta.items()})
 
 
 def cell_seed(seed: int, key: str) -> int:
@@ -121,14 +173,16 @@ class JobState:
     def __init__(self, ctx: RunContext, job: Job) -> None:
         self.ctx = ctx
         self.study = job.cells[0].study
-        self.model = load_model(job.cells[0].model, self.study.seed)
+        self.device = resolve_device(ctx.device)
+        self.model = load_model(job.cells[0].model, self.study.seed).to(self.device)
+        self.dtype = str(next(iter(self.model.parameters()), torch.empty(0)).dtype).removeprefix("torch.")
         self.metrics: list[tuple[Spec, Metric]] = [(s, create_metric(s.name, **s.params)) for s in self.study.metrics]
         self.batches: dict[str, list[Batch]] = {}
         self.first_maps: dict[str, list[Attribution]] = {}
 
     def batches_of(self, spec: Spec) -> list[Batch]:
         if spec.label not in self.batches:
-            self.batches[spec.label] = list(build_dataset(self.study, spec))
+            self.batches[spec.label] = [batch_to(b, self.device) for b in build_dataset(self.study, spec)]
             self._warm_up(self.batches[spec.label][0])
         return self.batches[spec.label]
 
@@ -265,6 +319,43 @@ def failed_cell(cell: Cell, exc: BaseException, ctx: RunContext, t_cell: float) 
                       error=tb)
 
 
+@contextlib.contextmanager
+def count_forwards(model: nn.Module) -> Iterator[list[int]]:
+    """Count the samples that pass through ``model``'s own forward (the sum of the leading dimension
+    of its first tensor argument); a list ``[n]`` read after the block. Forwards an explainer runs on
+    submodules alone (incremental occlusion) are not seen, so the count is a lower bound."""
+    count = [0]
+
+    def hook(_mod: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        first = next((a for a in (*args, *kwargs.values()) if isinstance(a, Tensor)), None)
+        if first is not None:
+            count[0] += int(first.shape[0]) if first.ndim else 1
+
+    handle = model.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        yield count
+    finally:
+        handle.remove()
+
+
+def execute_cell(state: JobState, cell: Cell, on_batch: BatchCallback) -> CellResult:
+    """Run one cell on a job's state: its result (done or failed, never raises but for KeyboardInterrupt),
+    with the device, dtype and the number of model forwards it took."""
+    t_cell = time.perf_counter()
+    try:
+        state.batches_of(cell.dataset)  # built (and the model warmed up) outside the forward count
+        with count_forwards(state.model) as n_fwd:
+            if cell.baseline is None:
+                res = run_explainer_cell(state, cell, on_batch)
+            else:
+                res = run_baseline_cell(state, cell, on_batch)
+    except Exception as exc:  # recorded as a failed cell; the grid goes on
+        res = failed_cell(cell, exc, state.ctx, t_cell)
+        n_fwd = [0]
+    return dataclasses.replace(res, seconds=time.perf_counter() - t_cell, device=str(state.device),
+                               dtype=state.dtype, forwards=n_fwd[0])
+
+
 def execute_job(ctx: RunContext, job: Job, on_batch: BatchCallback) -> Iterator[CellResult]:
     """Run the cells of one job, yielding each cell's result (done or failed) as soon as it is complete."""
     t0 = time.perf_counter()
@@ -275,14 +366,7 @@ def execute_job(ctx: RunContext, job: Job, on_batch: BatchCallback) -> Iterator[
             yield failed_cell(cell, exc, ctx, t0)
         return
     for cell in job.cells:
-        t_cell = time.perf_counter()
-        try:
-            if cell.baseline is None:
-                yield run_explainer_cell(state, cell, on_batch)
-            else:
-                yield run_baseline_cell(state, cell, on_batch)
-        except Exception as exc:  # recorded as a failed cell; the grid goes on
-            yield failed_cell(cell, exc, ctx, t_cell)
+        yield execute_cell(state, cell, on_batch)
 
 
 def not_applicable(metric: Metric, attr: Attribution, batch: Batch) -> str | None:
