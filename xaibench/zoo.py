@@ -67,6 +67,95 @@ class ZooEntry:
         return json.loads(self.card_path.read_text()) if self.card_path.exists() else {}
 
 
+@dataclass(frozen=True)
+class Floor:
+    """A zoo model's held-out score against the floor its card declares.
+
+    ``status`` is ``ok`` (score at or above the floor, or at or below it for ``direction="lower"``),
+    ``below floor``, ``no floor`` (the card declares none) or ``no card``.
+    """
+
+    status: str
+    metric: str = ""
+    score: float | None = None
+    floor: float | None = None
+    direction: str = "higher"
+    chance: float | None = None
+    why: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    def text(self) -> str:
+        """``test_accuracy 0.93 ≥ floor 0.85`` (or why there is no comparison)."""
+        if self.score is None or self.floor is None:
+            return self.status + (f" ({self.why})" if self.why else "")
+        rel = ("≥" if self.ok else "<") if self.direction == "higher" else ("≤" if self.ok else ">")
+        return f"{self.metric} {self.score:.3f} {rel} floor {self.floor:.3f}"
+
+
+#: Score keys looked up (in order) for a floor named ``<base>_floor`` in a card's ``metrics``.
+SCORE_PREFIXES = ("test_", "val_", "")
+
+
+def _n_classes(card: dict[str, Any]) -> int | None:
+    params = card.get("model_params") or {}
+    for k in ("num_classes", "n_classes", "classes"):
+        v = params.get(k)
+        if isinstance(v, int) and v > 1:
+            return v
+    return None
+
+
+def card_floor(card: dict[str, Any]) -> Floor:
+    """Read a card's held-out score and floor.
+
+    A card declares its floor either as a field ``floor = {"metric": "test_f1", "value": 0.8,
+    "direction": "higher", "chance": 0.5, "why": "..."}`` (``metric`` names a key of the card's
+    ``metrics``), or by the key convention in ``metrics``: ``accuracy_floor`` with ``test_accuracy``
+    (fallback ``val_accuracy``, ``accuracy``), likewise ``f1_floor`` with ``test_f1``/``val_f1``/``f1``.
+    Chance is the declared ``chance`` (field or ``metrics["chance"]``), else 1/classes for accuracy.
+    """
+    if not card:
+        return Floor("no card")
+    metrics = card.get("metrics") or {}
+    decl = card.get("floor")
+    if isinstance(decl, dict) and "metric" in decl and "value" in decl:
+        name = str(decl["metric"])
+        score = metrics.get(name, decl.get("score"))
+        floor = float(decl["value"])
+        direction = str(decl.get("direction", "higher"))
+        chance = decl.get("chance", metrics.get("chance"))
+        why = str(decl.get("why", ""))
+    else:
+        bases = [k[: -len("_floor")] for k in metrics if k.endswith("_floor")]
+        if not bases:
+            name = next((p + "accuracy" for p in SCORE_PREFIXES if isinstance(metrics.get(p + "accuracy"), (int, float))),
+                        "")
+            return Floor("no floor", metric=name, score=float(metrics[name]) if name else None,
+                         why="the card declares no floor")
+        base = bases[0]
+        name = next((p + base for p in SCORE_PREFIXES if isinstance(metrics.get(p + base), (int, float))), "")
+        score = metrics.get(name) if name else None
+        floor = float(metrics[f"{base}_floor"])
+        direction, chance, why = "higher", metrics.get("chance"), str(metrics.get("floor_why", ""))
+    if chance is None and "accuracy" in name:
+        n = _n_classes(card)
+        chance = 1.0 / n if n else None
+    if not isinstance(score, (int, float)):
+        return Floor("no floor", metric=name, floor=floor, direction=direction, why=f"no held-out score {name!r}")
+    score = float(score)
+    ok = score >= floor if direction == "higher" else score <= floor
+    return Floor("ok" if ok else "below floor", metric=name, score=score, floor=floor, direction=direction,
+                 chance=None if chance is None else float(chance), why=why)
+
+
+def floor_of(name: str) -> Floor:
+    """The floor status of a registered zoo model (its committed card)."""
+    return card_floor(get_entry(name).card())
+
+
 #: The zoo: lower_snake keys, values :class:`ZooEntry` (its own metadata).
 ZOO: Registry[ZooEntry] = Registry("zoo_model", key_pattern=r"_?[a-z][a-z0-9_]*", key_form="lower_snake", settings=False,
                                    list_hint="`xaibench zoo list` (Python: xaibench.list_zoo())")
