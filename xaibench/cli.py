@@ -311,22 +311,22 @@ def explain_cmd(
 # ----------------------------------------------------------------------------- zoo
 
 def _zoo_rows(pattern: Optional[str]) -> tuple[tuple[str, ...], list[tuple[Any, ...]]]:
-    from xaibench.zoo import get_entry, list_zoo
+    from xaibench.zoo import card_floor, get_entry, list_zoo
 
     rows = []
     for name in list_zoo(pattern):
         e = get_entry(name)
-        card = e.card()
-        metrics = card.get("metrics", {}) if isinstance(card, dict) else {}
-        acc = metrics.get("val_accuracy", metrics.get("accuracy"))
-        acc_s = f"{acc:.3f}" if isinstance(acc, (int, float)) else ("no weights" if not e.weights_path.exists() else "?")
-        rows.append((name, e.dataset, acc_s, e.description))
-    return ("name", "dataset", "accuracy", "description"), rows
+        fl = card_floor(e.card())
+        score = f"{fl.metric} {fl.score:.3f}" if fl.score is not None else ("no weights" if not e.weights_path.exists()
+                                                                             else "–")
+        floor = "–" if fl.floor is None else f"{'≥' if fl.direction == 'higher' else '≤'} {fl.floor:.3f}"
+        rows.append((name, e.dataset, score, floor, fl.status, e.description))
+    return ("name", "dataset", "held-out score", "floor", "status", "description"), rows
 
 
 @zoo_app.command("list")
 def zoo_list(pattern: Optional[str] = typer.Argument(None, help="glob filter")) -> None:
-    """Zoo models: name, dataset, validation accuracy from the card, description."""
+    """Zoo models: name, dataset, held-out score and floor from the card (status ok / below floor / no floor)."""
     with _handled():
         head, rows = _zoo_rows(pattern)
         _table(rows, head)

@@ -22,6 +22,7 @@ from ..stats import paired_vs_best_baseline
 from ..store import RunData, RunLock, Store, load_run
 from ..util import atomic_write_bytes, atomic_write_text
 from .figures import list_figures, run_figures
+from .findings import write_findings
 from .html import render_html
 from .markdown import render_markdown
 from .parts import Report
@@ -80,6 +81,7 @@ def build_report(run: str | Path | RunData, *, quiet: bool = True, lock: bool = 
             paired = paired_vs_best_baseline(data.results, data.summary, seed=data.seed)
             step(1)
             figures, errors = run_figures(d, data.results, data.summary, on_figure=lambda _name: step(1))
+            paths.update(write_findings(data))
             report = Report(data, paired, figures, errors)
             atomic_write_text(paths["report.md"], render_markdown(report))
             step(1)

@@ -10,6 +10,7 @@ from typing import Any
 
 import pandas as pd
 
+from .findings import findings_html, row_notes
 from .parts import Report
 from .tables import (ComparisonTable, comparison_tables, counts_table, fmt, protocol_text, protocols,
                      seconds_table)
@@ -36,6 +37,7 @@ td.below::after { content: " \\2020"; }
 figure { margin: 1.5em 0; } figure img { max-width: 100%; border: 1px solid #eee; }
 figcaption { font-size: 0.9em; color: #444; }
 ul.protocols { font-size: 0.85em; }
+span.floor { color: #a61b1b; font-weight: 400; font-size: 0.85em; }
 """
 
 LEGEND = ("<b>bold / green</b> = best in the row for that metric (its better direction), <u>underlined</u> = "
@@ -60,7 +62,8 @@ def comparison_html(t: ComparisonTable) -> str:
         for _ in t.metrics for meth in t.methods) + "</tr>"
     body = []
     for row in t.rows:
-        tds = [f"<td class='key'>{e(row[0])}</td>", f"<td class='key'>{e(row[1])}</td>"]
+        note = f" <span class='floor'>⚠ {e(t.notes[row])}</span>" if row in t.notes else ""
+        tds = [f"<td class='key'>{e(row[0])}</td>", f"<td class='key'>{e(row[1])}{note}</td>"]
         for v in t.row_values(row):
             if v is None:
                 tds.append("<td></td>")
@@ -117,6 +120,7 @@ def render_html(report: Report) -> str:
     if meta.get("description"):
         parts.append(f"<p>{e(meta['description'])}</p>")
     parts.append(_facts(meta, cells))
+    parts.append(findings_html(report))
     failed = d.failed
     if not failed.empty:
         rows = "".join(f"<tr><td>{e(k)}</td><td><pre>{e(err)}</pre></td></tr>"
@@ -126,7 +130,7 @@ def render_html(report: Report) -> str:
     for name_, msg in errors:
         parts.append(f"<div class='warn'><b>Warning:</b> figure <code>{e(name_)}</code> failed and is missing "
                      f"from this report.<pre>{e(msg)}</pre></div>")
-    for t in comparison_tables(summary):
+    for t in comparison_tables(summary, row_notes(meta)):
         parts += [f"<h2>Study <code>{e(t.study)}</code></h2>", f"<p class='legend'>{LEGEND}</p>", comparison_html(t)]
         items = "".join(
             f"<li><code>{e(p['metric'])}</code> = <code>{e(p['metric_key'])}</code> ({e(p['category'])}, "

@@ -11,6 +11,7 @@ from typing import Any
 
 import pandas as pd
 
+from .findings import findings_md, row_notes
 from .parts import Report
 from .tables import (ComparisonTable, comparison_tables, counts_table, fmt, protocol_text, protocols,
                      seconds_table)
@@ -51,7 +52,8 @@ def _md_value(v: Any) -> str:
 
 def comparison_md(t: ComparisonTable) -> list[str]:
     header = ["dataset", "model"] + [f"{md(m)}: {md(meth)}" for m in t.metrics for meth in t.methods]
-    rows = [[md(x) for x in row] + [_md_value(v) for v in t.row_values(row)] for row in t.rows]
+    rows = [[md(row[0]), md(row[1]) + (f" ⚠ {t.notes[row]}" if row in t.notes else "")]
+            + [_md_value(v) for v in t.row_values(row)] for row in t.rows]
     return _md_table(header, rows)
 
 
@@ -64,12 +66,13 @@ def render_markdown(report: Report) -> str:
     if meta.get("description"):
         lines += [md(meta["description"]), ""]
     lines += _run_facts(meta, cells)
+    lines += findings_md(report, md, _md_table)
     failed = d.failed
     if not failed.empty:
         lines += ["", "## Failed cells", "", "These cells raised; they have no rows and are retried by "
                   "`xaibench run CONFIG --out RUN --resume`.", ""]
         lines += _md_table(["cell", "error"], [[md(k), md(e)] for k, e in zip(failed["cell_key"], failed["error"])])
-    for t in comparison_tables(summary):
+    for t in comparison_tables(summary, row_notes(meta)):
         lines += ["", f"## Study {md(t.study)}", "", LEGEND, ""]
         lines += comparison_md(t)
         lines += ["", "Protocols (how each metric was measured):", ""]

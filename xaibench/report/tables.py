@@ -49,6 +49,8 @@ class ComparisonTable:
     rows: list[Row]
     directions: dict[str, str]
     values: dict[tuple[Row, str, str], Value] = field(default_factory=dict)
+    #: a badge per row whose model is below its floor or has none ("below floor", "no floor")
+    notes: dict[Row, str] = field(default_factory=dict)
 
     def get(self, row: Row, metric: str, method: str) -> Value | None:
         return self.values.get((row, metric, method))
@@ -74,8 +76,12 @@ def _order(values: pd.Series) -> list[str]:
     return list(dict.fromkeys(values.tolist()))
 
 
-def comparison_tables(summary: pd.DataFrame) -> list[ComparisonTable]:
-    """One :class:`ComparisonTable` per study, in the summary's order."""
+def comparison_tables(summary: pd.DataFrame, notes: dict[tuple[str, str], str] | None = None) -> list[ComparisonTable]:
+    """One :class:`ComparisonTable` per study, in the summary's order.
+
+    Args:
+        notes: ``(study, model label) -> badge`` for models below their floor or without one.
+    """
     tables = []
     for study, s in summary.groupby("study", sort=False):
         methods = _order(s.loc[~s["is_baseline"], "explainer"]) + _order(s.loc[s["is_baseline"], "explainer"])
@@ -91,6 +97,8 @@ def comparison_tables(summary: pd.DataFrame) -> list[ComparisonTable]:
         for row in t.rows:
             for metric in t.metrics:
                 _mark(t, row, metric)
+            if notes and (t.study, row[1]) in notes:
+                t.notes[row] = notes[(t.study, row[1])]
         tables.append(t)
     return tables
 
