@@ -12,6 +12,12 @@ Layouts (``root`` is the folder you pass; if ``root/<split>/images`` exists, tha
                                                [x, y, w, h] in pixels); boxes become masks too
                                                when an image has no mask file
 
+2-D DICOM files (``.dcm``, ``.dicom``: radiographs, single CT/MR slices) are images too: pixels
+in real units (rescale slope/intercept, MONOCHROME1 inverted), mapped to [0, 1] through
+``window`` (the file's own window, a preset such as ``lung``, or min-max), grey repeated to
+``channels``. NIfTI files and multi-frame DICOMs are volumes: they raise an error pointing to
+``medical_folder``, which reads volumes, series and their label maps.
+
 Example::
 
     ds = xaibench.create_dataset("image_folder", root="my_data", size=224, batch_size=8)
@@ -39,13 +45,23 @@ from xaibench.data import files_fingerprint
 from ._image_tools import box_of
 
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+#: 2-D DICOM images, read with pydicom (volumes go to ``medical_folder``).
+DICOM_EXTENSIONS = (".dcm", ".dicom")
+#: Volumes image_folder refuses with a pointer to ``medical_folder``.
+VOLUME_EXTENSIONS = (".nii", ".nii.gz")
 
 
 _Side = Annotated[int, Field(gt=0)]
 
 
 def _images_under(folder: Path, extensions: tuple[str, ...]) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in extensions)
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.name.lower().endswith(extensions))
+
+
+def _to_medical_folder(what: str, root: Path) -> str:
+    return (f"{what}; image_folder reads 2-D images (PNG/JPEG/TIFF/BMP and single-frame DICOM). For volumes use "
+            f"medical_folder, which also pairs them with label maps: "
+            f"create_dataset(\"medical_folder\", root=\"{root.parent if root.name == 'images' else root}\")")
 
 
 @register_dataset("image_folder")
@@ -87,6 +103,11 @@ class ImageFolder(SampleDataset):
         missing_masks: Literal["error", "empty"] = "error"
         """When a masks folder exists but an image has no mask and no box: ``"error"``, or
         ``"empty"`` (an all-False mask; metrics then score NaN)."""
+        window: Literal["auto", "minmax", "dicom", "lung", "soft_tissue", "mediastinum", "liver", "brain", "bone"] | \
+            tuple[float, float] = "auto"
+        """DICOM images only: values (real units) to [0, 1]. ``auto`` = the file's own window when it
+        declares one, else min-max of the image; ``minmax``; ``dicom`` = the file's window (an error
+        when it has none); a preset (HU); or (centre, width)."""
 
     def __init__(self, n: int | None = None, batch_size: int = 16, seed: int = 0, split: str = "test", **params: Any):
         super().__init__(n=1, batch_size=batch_size, seed=seed, split=split, **params)
@@ -99,9 +120,13 @@ class ImageFolder(SampleDataset):
         self.root, self.images_dir = root, root / "images"
         if not self.images_dir.is_dir():
             raise ValueError(f"image_folder: expected a folder {self.images_dir} with images (or <class>/ sub-folders); not found")
-        self.files = _images_under(self.images_dir, EXTENSIONS)
+        volumes = _images_under(self.images_dir, VOLUME_EXTENSIONS)
+        if volumes:
+            raise ValueError(_to_medical_folder(f"image_folder: {len(volumes)} NIfTI volume(s) under {self.images_dir} "
+                                                f"(e.g. {volumes[0].name})", self.images_dir))
+        self.files = _images_under(self.images_dir, EXTENSIONS + DICOM_EXTENSIONS)
         if not self.files:
-            raise ValueError(f"image_folder: no images ({', '.join(EXTENSIONS)}) under {self.images_dir}")
+            raise ValueError(f"image_folder: no images ({', '.join(EXTENSIONS + DICOM_EXTENSIONS)}) under {self.images_dir}")
         self.classes, self.labels = self._read_labels()
         self.boxes = self._read_boxes()
         self.masks_dir = root / "masks" if (root / "masks").is_dir() else None
@@ -188,17 +213,47 @@ class ImageFolder(SampleDataset):
             return orig
         return (s, s) if isinstance(s, int) else (s[0], s[1])
 
-    def make_sample(self, rng: np.random.Generator, index: int) -> dict[str, Any]:
+    def _read_dicom(self, f: Path) -> np.ndarray:
+        """A single-frame DICOM image as (H, W) float32 in [0, 1] (see ``window``)."""
+        from . import dicom
+
+        ds = dicom.read_full(f)
+        values, _ = dicom.pixels(ds, f)
+        if values.shape[0] != 1:
+            raise ValueError(_to_medical_folder(f"image_folder: {f} is a multi-frame DICOM ({values.shape[0]} frames)",
+                                                self.images_dir))
+        img = values[0]
+        win = self.settings.window
+        if win == "auto":
+            win = "dicom" if dicom.file_window(ds) is not None else "minmax"
+        if win == "minmax":
+            lo, hi = float(img.min()), float(img.max())
+            return ((img - lo) / (hi - lo) if hi > lo else np.zeros_like(img)).astype(np.float32)
+        return dicom.apply_window(img, dicom.window_bounds(win, ds, f"image_folder: {f}"))
+
+    def _read_image(self, f: Path) -> tuple[torch.Tensor, tuple[int, int]]:
+        """(C, h, w) float32 in [0, 1] resized to ``size`` (PIL bilinear), and the file's (H, W)."""
         from PIL import Image
 
-        f = self.files[index]
-        rel = self._rel(f)
+        if f.name.lower().endswith(DICOM_EXTENSIONS):
+            grey = self._read_dicom(f)
+            h0, w0 = grey.shape
+            h, w = self._size((h0, w0))
+            if (h, w) != (h0, w0):
+                grey = np.array(Image.fromarray(grey).resize((w, h), Image.BILINEAR), dtype=np.float32)
+            return torch.from_numpy(grey)[None].repeat(self.settings.channels, 1, 1), (h0, w0)
         with Image.open(f) as im:
             img = im.convert("RGB" if self.settings.channels == 3 else "L")
         w0, h0 = img.size
         h, w = self._size((h0, w0))
         arr = np.asarray(img.resize((w, h), Image.BILINEAR) if (h, w) != (h0, w0) else img, dtype=np.float32) / 255.0
-        x = torch.from_numpy(arr.reshape(h, w, -1)).permute(2, 0, 1).contiguous()
+        return torch.from_numpy(arr.reshape(h, w, -1)).permute(2, 0, 1).contiguous(), (h0, w0)
+
+    def make_sample(self, rng: np.random.Generator, index: int) -> dict[str, Any]:
+        f = self.files[index]
+        rel = self._rel(f)
+        x, (h0, w0) = self._read_image(f)
+        h, w = x.shape[1:]
         if self.settings.mean is not None:
             mean = torch.tensor(self.settings.mean, dtype=torch.float32).reshape(-1, 1, 1)
             std = torch.tensor(self.settings.std or 1.0, dtype=torch.float32).reshape(-1, 1, 1)
@@ -246,3 +301,4 @@ class ImageFolder(SampleDataset):
         if len(shapes) > 1:
             raise ValueError(f"image_folder: images of different sizes {sorted(shapes)} cannot be batched; pass size=")
         return super().collate(samples)
+
