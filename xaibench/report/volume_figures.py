@@ -36,7 +36,7 @@ def argmax3(volume: np.ndarray) -> tuple[int, int, int]:
 
 def _centre(mask: np.ndarray | None, shape: tuple[int, ...]) -> tuple[int, int, int]:
     if mask is not None and mask.any():
-        return tuple(int(round(float(c.mean()))) for c in np.nonzero(mask))  # type: ignore[return-value]
+        return tuple(round(float(c.mean())) for c in np.nonzero(mask))  # type: ignore[return-value]
     return tuple(s // 2 for s in shape)  # type: ignore[return-value]
 
 
