@@ -27,7 +27,7 @@ RUN = summary([
 
 def test_baseline_holds_real_methods_with_protocols_and_tolerances():
     b = make_baseline(RUN, config_hash="abc", default_tolerance=0.05, tolerances={"lo": 0.01})
-    assert b["version"] == 1 and b["config_hash"] == "abc" and b["default_tolerance"] == 0.05
+    assert b["version"] == 2 and b["config_hash"] == "abc" and b["default_tolerance"] == 0.05
     assert [(e["explainer"], e["metric"]) for e in b["entries"]] == [("a", "hi"), ("a", "lo")]
     hi, lo = b["entries"]
     assert hi["protocol"] == {"tolerance": 0.0} and hi["direction"] == "higher" and hi["tolerance"] == 0.05

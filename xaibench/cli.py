@@ -5,12 +5,12 @@
     xaibench run [CONFIG|NAME] [--out DIR] [--resume] [--force] [--n-samples N] [--quiet]
     xaibench report RUN
     xaibench baseline RUN [--out FILE] [--tolerance METRIC=TOL ...]
-    xaibench regress RUN --baseline FILE [--allow-missing]
+    xaibench regress RUN --baseline FILE [--allow-missing] [--allow-mismatch] [--significant]
     xaibench explain --model ZOO_NAME --method KEY [--dataset NAME] [--index I | --image PNG] [--out PNG]
     xaibench zoo list | xaibench zoo train NAME | --all
 
 Errors print one line to stderr and exit 2 (set ``XAIBENCH_DEBUG=1`` for the traceback);
-``regress`` exits 1 when a score dropped.
+``regress`` exits 1 when a score dropped or a claim that held no longer holds.
 """
 
 from __future__ import annotations
@@ -261,12 +261,17 @@ def regress_cmd(
     allow_missing: bool = typer.Option(False, "--allow-missing", help="entries missing from the run do not fail"),
     allow_mismatch: bool = typer.Option(False, "--allow-mismatch",
                                         help="entries measured with another protocol or n do not fail (never compared)"),
+    significant: bool = typer.Option(False, "--significant",
+                                     help="a drop beyond tolerance fails only if significant (paired bootstrap over "
+                                          "the same samples; needs a baseline with per-sample scores)"),
 ) -> None:
-    """Compare a run with a baseline; exit 1 when a score dropped beyond its tolerance, or nothing was compared."""
+    """Compare a run with a baseline; exit 1 when a score dropped beyond its tolerance, a claim that held no
+    longer holds, or nothing was compared. Entries are matched by what was measured, not by label."""
     from xaibench.regress import regress_run
 
     with _handled():
-        rep = regress_run(run, baseline, allow_missing=allow_missing, allow_mismatch=allow_mismatch)
+        rep = regress_run(run, baseline, allow_missing=allow_missing, allow_mismatch=allow_mismatch,
+                          significant=significant)
     typer.echo(rep.format())
     raise typer.Exit(0 if rep.passed else 1)
 

@@ -12,7 +12,9 @@ Record (or refresh) the baseline with ``pytest --xaibench-update`` (run it witho
 then plain ``pytest`` fails when the score drops by more than the tolerance. The baseline
 file (``--xaibench-baseline PATH``, default ``xaibench_baseline.json`` in the rootdir) has
 the format of ``xaibench baseline``. A whole benchmark run is checked with
-``assert_no_regression(run_dir, baseline_path)``.
+``assert_no_regression(run_dir, baseline_path)``, which also fails when one of the benchmark's claims
+that held in the baseline no longer holds; ``xai_quality.check_claim("a beats b", scores_a, scores_b)``
+checks one claim of your own the same way.
 
 Options: ``--xaibench-baseline PATH``, ``--xaibench-update``, ``--xaibench-tolerance TOL``.
 """
@@ -48,6 +50,7 @@ class _Session:
         self.update = bool(config.getoption("--xaibench-update", default=False))
         self.tolerance = config.getoption("--xaibench-tolerance", default=None)
         self.recorded: list[dict[str, Any]] = []
+        self.recorded_claims: list[dict[str, Any]] = []
         self._baseline: dict[str, Any] | None = None
 
     def baseline(self) -> dict[str, Any]:
@@ -59,7 +62,7 @@ class _Session:
     def write(self) -> None:
         """Merge the recorded entries into the baseline file (same key replaces)."""
         from .regress import FORMAT_VERSION, KEY, _key
-        if not self.recorded:
+        if not self.recorded and not self.recorded_claims:
             return
         base: dict[str, Any] = {"version": FORMAT_VERSION, "config_hash": "", "default_tolerance": 0.05, "entries": []}
         if self.path.is_file():
@@ -67,6 +70,9 @@ class _Session:
         new = {_key(e): e for e in self.recorded}
         base["entries"] = [e for e in base.get("entries", []) if _key(e) not in new] + list(new.values())
         base["entries"].sort(key=lambda e: tuple(str(e[k]) for k in KEY))
+        if self.recorded_claims:
+            claims = {c["claim"]: c for c in self.recorded_claims}
+            base["claims"] = [c for c in base.get("claims", []) if c.get("claim") not in claims] + list(claims.values())
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
         tmp.write_text(json.dumps(base, indent=2) + "\n")
@@ -149,16 +155,65 @@ class QualityChecker:
         return mean
 
 
+    def check_claim(self, claim: str, a: Any, b: Any = None, *, value: float | None = None, direction: str = "higher",
+                    op: str | None = None, source: str = "") -> str:
+        """Check that a claim about per-sample scores still holds, as ``xaibench regress`` checks a study's claims.
+
+        ``a`` beats ``b`` (the same samples, in ``direction``), or ``a`` is at least ``value`` (at most,
+        with ``op="<="``): paired bootstrap CI, Wilcoxon signed-rank p (see :mod:`xaibench.claims`).
+        With ``--xaibench-update`` the verdict is recorded; otherwise a claim that held in the
+        baseline and no longer holds fails the test.
+
+        Returns:
+            the verdict now: ``holds``, ``refuted`` or ``inconclusive``.
+
+        Raises:
+            pytest.fail: the claim flipped, or the baseline has no verdict for it.
+        """
+        import pandas as pd
+
+        from .claims import ClaimEntry, evaluate_claims
+
+        cells = {"a": a} if b is None else {"a": a, "b": b}
+        rows = [{"study": "pytest", "dataset": self.test_name, "model": "", "explainer": name, "explainer_key": name,
+                 "metric": "score", "metric_key": "score", "sample_index": i, "score": float(x),
+                 "direction": direction, "is_baseline": False}
+                for name, xs in cells.items() for i, x in enumerate(xs.tolist() if hasattr(xs, "tolist") else xs)]
+        spec = {"claim": claim, "source": source, "metric": "score", "a": "a"}
+        spec.update({"b": "b"} if b is not None else {"value": value, "op": op})
+        f = evaluate_claims([ClaimEntry.model_validate(spec).record()], pd.DataFrame(rows))[0]
+        if self.session.update:
+            self.session.recorded_claims.append({"claim": claim, "source": source, "identity": f.identity,
+                                                 "verdict": f.verdict, "effect": f.effect, "ci_low": f.ci_low,
+                                                 "ci_high": f.ci_high, "p_adjusted": f.p_adjusted})
+            return f.verdict
+        if not self.session.path.is_file():
+            pytest.fail(f"xaibench: no baseline file at {self.session.path}; record one with "
+                        "`pytest --xaibench-update`", pytrace=False)
+        old = next((c for c in self.session.baseline().get("claims", []) if c.get("claim") == claim), None)
+        if old is None:
+            pytest.fail(f"xaibench: no baseline verdict for claim {claim!r} in {self.session.path}; record it with "
+                        "`pytest --xaibench-update`", pytrace=False)
+        if old.get("verdict") == "holds" and f.verdict != "holds":
+            pytest.fail(f"xaibench: claim flipped: {claim!r} held in the baseline and is now {f.verdict} "
+                        f"(effect {f.effect:+.4f} [{f.ci_low:+.4f}, {f.ci_high:+.4f}], p {f.p_adjusted:.3g}, "
+                        f"n={f.n})", pytrace=False)
+        return f.verdict
+
+
 @pytest.fixture
 def xai_quality(request: pytest.FixtureRequest) -> QualityChecker:
     """Check explanation quality against the stored baseline (see the module docstring)."""
     return QualityChecker(request.config.stash[_SESSION_KEY], request.node.name)
 
 
-def assert_no_regression(run_dir: str | Path, baseline: str | Path, *, allow_missing: bool = False) -> None:
-    """Fail (AssertionError with the table of drops) when a run regressed against a baseline file."""
+def assert_no_regression(run_dir: str | Path, baseline: str | Path, *, allow_missing: bool = False,
+                         significant: bool = False) -> None:
+    """Fail (AssertionError with the table of drops and flipped claims) when a run regressed against a
+    baseline file: a score dropped beyond tolerance (``significant``: significantly, on the same samples)
+    or a claim of the run's benchmark that held in the baseline no longer holds."""
     from .regress import regress_run
 
-    rep = regress_run(run_dir, baseline, allow_missing=allow_missing)
+    rep = regress_run(run_dir, baseline, allow_missing=allow_missing, significant=significant)
     if not rep.passed:
         raise AssertionError("xaibench: explanation quality regressed\n" + rep.format())
