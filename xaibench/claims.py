@@ -48,7 +48,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from .stats import N_RESAMPLES, bootstrap_ci, key_seed
+from .stats import N_RESAMPLES, bootstrap_ci, holm, key_seed, wilcoxon
 
 ALPHA = 0.05
 SPECIAL = ("best_baseline", "best_other", "worst_other")
@@ -217,27 +217,6 @@ def check_claim(c: ClaimEntry, studies: list[StudyLabels], at: str) -> list[tupl
 
 # ----------------------------------------------------------------------------- statistics
 
-def holm(p_values: Iterable[float]) -> np.ndarray:
-    """Holm–Bonferroni adjusted p-values (NaN stays NaN and is not counted in the family).
-
-    Sorted ascending, ``p_(i)`` becomes ``max_{j<=i} min(1, (m - j + 1) p_(j))``.
-
-    Example:
-        >>> holm([0.01, 0.04, 0.03]).round(2).tolist()
-        [0.03, 0.06, 0.06]
-    """
-    p = np.asarray(list(p_values), dtype=np.float64)
-    out = np.full(p.shape, np.nan)
-    ok = np.flatnonzero(~np.isnan(p))
-    m = ok.size
-    if m == 0:
-        return out
-    order = ok[np.argsort(p[ok], kind="stable")]
-    scaled = np.minimum(1.0, (m - np.arange(m)) * p[order])
-    out[order] = np.maximum.accumulate(scaled)
-    return out
-
-
 @dataclass(frozen=True)
 class Test:
     """One test of ``d > 0``: mean effect, 95% bootstrap CI, two-sided p-value, n, the test used."""
@@ -252,19 +231,13 @@ class Test:
 
 def paired_effect(d: np.ndarray, *, seed: int, n_resamples: int = N_RESAMPLES) -> Test:
     """Mean of per-sample differences ``d`` (NaN dropped), bootstrap CI, Wilcoxon signed-rank p."""
-    from scipy.stats import wilcoxon
-
     d = np.asarray(d, dtype=np.float64)
     d = d[~np.isnan(d)]
     if d.size == 0:
         return Test(math.nan, math.nan, math.nan, math.nan, 0, "Wilcoxon signed-rank")
     mean, lo, hi = bootstrap_ci(d, n_resamples=n_resamples, seed=seed)
-    nz = d[np.abs(d) > 1e-12]
-    if nz.size == 0:
-        p = 1.0
-    else:
-        p = float(wilcoxon(nz, zero_method="wilcox", alternative="two-sided").pvalue)
-    return Test(mean, lo, hi, p, int(d.size), "Wilcoxon signed-rank")
+    d = np.where(np.abs(d) <= 1e-12, 0.0, d)  # float noise of equal scores is no difference
+    return Test(mean, lo, hi, float(wilcoxon(d).p_value), int(d.size), "Wilcoxon signed-rank")
 
 
 def unpaired_effect(x: np.ndarray, y: np.ndarray, *, seed: int, n_resamples: int = N_RESAMPLES) -> Test:
