@@ -1,10 +1,10 @@
 """The contract suite over the ``voxel`` kind.
 
-Explainers that explain volumes (``volumes = True`` on the CNN pixel methods, the CAMs and
-occlusion) run through the contract checks on the ``cnn3d`` fixture (the zoo's 3-D CNN on
-``volume_lesions``); metrics that declare ``voxel`` run through the metric checks on a voxel
-example (cuboid masks in 16³ volumes). The registry records one kind per explainer
-(``pixel`` for ``cnn.*``), so the output check here asks for ``voxel`` on volumes itself.
+Explainers that explain volumes declare ``kinds = ("pixel", "voxel")`` with the ``cnn3d``
+fixture for ``voxel`` (the zoo's 3-D CNN on ``volume_lesions``): the core contract suite
+(``tests/test_contract.py``) runs every check on them once per kind. Here: that the
+declarations match what the methods do, and the metric checks over a voxel example (cuboid
+masks in 16³ volumes) for every metric that declares ``voxel``.
 """
 
 from __future__ import annotations
@@ -15,10 +15,11 @@ import torch
 import xaibench
 import xaibench.testing as xt
 from xaibench import Attribution, Batch
+from xaibench.explainers import EXPLAINERS
 from xaibench.metric import METRICS
-from xaibench.testing import MetricExample, get_fixture
-from xaibench.types import KIND_NDIM
+from xaibench.testing import MetricExample, explainer_cases, get_fixture
 
+#: the issue's list (GradCAM, HiResCAM, occlusion, saliency, integrated gradients) and relatives
 VOLUME_EXPLAINERS = ["cnn.gradcam", "cnn.hirescam", "cnn.occlusion", "cnn.saliency", "cnn.integrated_gradients",
                      "cnn.smoothgrad", "cnn.guided_backprop", "cnn.deconvolution", "cnn.guided_gradcam"]
 
@@ -27,29 +28,70 @@ def _voxel_metrics() -> list[str]:
     return [m for m in xaibench.list_metrics() if "voxel" in METRICS.info(m).kinds]
 
 
-@pytest.fixture(scope="module")
-def case():
-    return get_fixture("cnn3d")
+def _voxel_explainers() -> list[str]:
+    return [n for n in xaibench.list_explainers() if "voxel" in EXPLAINERS.info(n).kinds]
 
 
-@pytest.mark.parametrize("name", VOLUME_EXPLAINERS)
-def test_voxel_output(name, case):
-    attr = xt._make(name, case).explain_batch(case.batch, case.batch.targets)
-    assert attr.kind == "voxel" and attr.values.ndim == KIND_NDIM["voxel"]
-    assert tuple(attr.values.shape) == (len(case.batch), *case.batch.inputs.shape[2:])
-    assert attr.values.is_floating_point() and bool(torch.isfinite(attr.values).all())
-    assert not attr.values.requires_grad and attr.method == name
-    assert attr.values.abs().amax() > 0, f"{name}: an all-zero map on a trained model"
+def test_volume_explainers_declare_voxel_and_the_contract_suite_runs_them_on_volumes():
+    assert set(VOLUME_EXPLAINERS) <= set(_voxel_explainers())
+    cases = set(explainer_cases())
+    for name in _voxel_explainers():
+        info = EXPLAINERS.info(name)
+        voxel_fixture = info.fixture if info.kind == "voxel" else dict(info.kind_fixtures)["voxel"]
+        assert info.fixture_kind(voxel_fixture) == "voxel"
+        assert {(name, info.fixture), (name, voxel_fixture)} <= cases  # once per kind
+    assert dict(EXPLAINERS.info("cnn.gradcam").kind_fixtures) == {"voxel": "cnn3d"}
 
 
-@pytest.mark.parametrize("check", ["batch_equals_singles", "deterministic", "model_untouched", "bad_inputs",
-                                   "target_formats", "dtype_float64"])
-@pytest.mark.parametrize("name", VOLUME_EXPLAINERS)
-def test_voxel_contract(name, check, case):
-    fn = getattr(xt, f"check_{check}", None)
-    if fn is None:
-        pytest.skip(f"xaibench.testing has no check_{check}")
-    fn(name, case)
+def test_registration_checks_declared_kinds():
+    from xaibench.explainers import Explainer, _explainer_info
+
+    class Two(Explainer):
+        """Two kinds."""
+        kinds = ("pixel", "voxel")
+        kind_fixtures = {"voxel": "cnn3d"}
+
+    info = _explainer_info("test.two", Two)
+    assert info.kinds == ("pixel", "voxel") and info.kind_fixtures == (("voxel", "cnn3d"),)
+    assert info.fixture_kind("test") == "pixel" and info.fixture_kind("cnn3d") == "voxel"
+
+    class NoFixture(Explainer):
+        kinds = ("pixel", "voxel")
+
+    with pytest.raises(ValueError, match="kind_fixtures must name a contract fixture"):
+        _explainer_info("test.nofixture", NoFixture)
+
+    class MainNotFirst(Explainer):
+        kinds = ("voxel", "voxel")
+
+    with pytest.raises(ValueError, match="must be distinct kinds"):
+        _explainer_info("test.bad", MainNotFirst)
+
+    class OtherFirst(Explainer):
+        kinds = ("voxel", "pixel")
+        kind_fixtures = {"pixel": "cnn"}
+
+    with pytest.raises(ValueError, match="the main kind 'pixel' first"):
+        _explainer_info("test.bad2", OtherFirst)
+
+    class Tokens(Two):  # another main kind: the parent's kinds do not apply
+        kind = "token"
+
+    assert _explainer_info("test.tokens", Tokens).kinds == ("token",)
+
+
+@pytest.mark.parametrize("name", [n for n in xaibench.list_explainers("cnn.*") if n != "cnn.slicewise"])
+def test_declared_kinds_match_what_a_volume_gives(name):
+    # reference: calling the method on the 3-D fixture; an explainer that does not declare voxel
+    # must refuse volumes with a ValueError (and one that declares it must return voxel maps)
+    case = get_fixture("cnn3d")
+    batch = case.batch.select([0])
+    ex = xt._make(name, case)
+    if "voxel" in EXPLAINERS.info(name).kinds:
+        assert ex.explain_batch(batch, batch.targets).kind == "voxel"
+    else:
+        with pytest.raises(ValueError):
+            ex.explain_batch(batch, batch.targets)
 
 
 def _voxel_example(b: int = 8, s: int = 16, seed: int = 0) -> MetricExample:

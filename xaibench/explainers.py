@@ -30,13 +30,25 @@ Target = int | Tensor | None
 
 @dataclass(frozen=True)
 class ExplainerInfo:
-    """Metadata of a registered explainer: key, family, output kind, one-line summary."""
+    """Metadata of a registered explainer: key, family, output kind, one-line summary.
+
+    ``kinds``: every kind the explainer returns (its main ``kind`` first), e.g. ``("pixel",
+    "voxel")`` for a CNN method that also explains volumes; ``kind_fixtures``: the contract
+    fixture of each further kind, as (kind, fixture) pairs. The contract suite runs the
+    explainer once per kind: on ``fixture`` for ``kind``, on each of ``kind_fixtures`` for theirs.
+    """
 
     name: str
     family: str
     kind: str
     summary: str
     fixture: str
+    kinds: tuple[str, ...] = ()
+    kind_fixtures: tuple[tuple[str, str], ...] = ()
+
+    def fixture_kind(self, fixture: str) -> str:
+        """The kind the explainer returns on contract fixture ``fixture``."""
+        return {fx: k for k, fx in self.kind_fixtures}.get(fixture, self.kind)
 
 
 def nonfinite_samples(inputs: Tensor, *, nan_padding: bool = False) -> list[int]:
@@ -97,6 +109,11 @@ class Explainer:
 
     name: ClassVar[str] = ""
     kind: ClassVar[str] = "pixel"
+    #: Every kind the explainer returns when its inputs call for it (the main ``kind`` first);
+    #: empty = ``(kind,)``. Each further kind names its contract fixture in :attr:`kind_fixtures`.
+    kinds: ClassVar[tuple[str, ...]] = ()
+    #: kind -> contract-test fixture, for each kind of :attr:`kinds` beyond the main one.
+    kind_fixtures: ClassVar[dict[str, str]] = {}
     #: Set inputs (B, N, m): all-NaN rows are padding, not refused (a sample of padding only is).
     #: Set False where the model does not mask padding rows.
     nan_padding: ClassVar[bool] = True
@@ -174,10 +191,21 @@ class Explainer:
 def _explainer_info(name: str, cls: type, *, fixture: str | None = None) -> ExplainerInfo:
     if cls.kind not in KINDS:
         raise ValueError(f"register_explainer({name!r}): kind {cls.kind!r} not in {KINDS}")
+    # kinds inherited from a parent with another main kind (ViT GradCAM from the CNN's) do not apply
+    own = tuple(cls.kinds)
+    kinds = own if own and (own[0] == cls.kind or "kinds" in cls.__dict__) else (cls.kind,)
+    if kinds[0] != cls.kind or len(set(kinds)) != len(kinds) or not set(kinds) <= set(KINDS):
+        raise ValueError(f"register_explainer({name!r}): kinds {kinds} must be distinct kinds of {KINDS}, "
+                         f"the main kind {cls.kind!r} first")
+    extra = dict(cls.kind_fixtures) if len(kinds) > 1 else {}
+    if set(extra) != set(kinds[1:]):
+        raise ValueError(f"register_explainer({name!r}): kind_fixtures must name a contract fixture for each further "
+                         f"kind {kinds[1:]}, got {sorted(extra)}")
     cls.name = name
     doc = inspect.getdoc(cls) or ""
     family = name.split(".")[0]
-    return ExplainerInfo(name, family, cls.kind, doc.split("\n")[0], fixture or family)
+    return ExplainerInfo(name, family, cls.kind, doc.split("\n")[0], fixture or family, kinds,
+                         tuple((k, extra[k]) for k in kinds[1:]))
 
 
 #: The explainer registry: keys ``family.method``, values :class:`Explainer` subclasses.

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from xaibench.explainers import Explainer, Target, model_guard, resolve_target
 from xaibench.types import Attribution
 
-from ._volume import attribution, check_spatial
+from ._volume import VOLUME_FIXTURES, VOLUME_KINDS, attribution, check_spatial
 
 #: A channel-reduction rule (see :func:`reduce_channels`).
 Reduction = Literal["sum", "abs_sum", "abs_max", "l2"]
@@ -95,8 +95,14 @@ class PixelExplainer(Explainer):
     """
 
     kind = "pixel"
-    #: whether the method also explains (B, C, D, H, W) volumes
+    #: whether the method also explains (B, C, D, H, W) volumes (it then declares the kinds
+    #: pixel and voxel, and the contract suite runs it on the 3-D fixture too)
     volumes: bool = False
+
+    def __init_subclass__(cls, **kw: Any) -> None:
+        super().__init_subclass__(**kw)
+        if cls.volumes:
+            cls.kinds, cls.kind_fixtures = VOLUME_KINDS, VOLUME_FIXTURES
 
     class Settings(Explainer.Settings):
         reduce: Reduction = "sum"

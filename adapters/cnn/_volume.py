@@ -15,6 +15,11 @@ from torch import Tensor
 from xaibench.explainers import Explainer
 from xaibench.types import Attribution
 
+#: ``kinds`` of a CNN method that also explains volumes, and the contract fixture of ``voxel``
+#: (the zoo 3-D CNN on 16³ volumes): the contract suite runs such a method on both.
+VOLUME_KINDS: tuple[str, ...] = ("pixel", "voxel")
+VOLUME_FIXTURES: dict[str, str] = {"voxel": "cnn3d"}
+
 
 def check_spatial(inputs: Tensor, who: str) -> int:
     """The number of spatial dims (2 or 3) of ``inputs``; ValueError unless it is a floating

@@ -21,7 +21,7 @@ from xaibench.types import Attribution
 from xaibench import register_explainer
 
 from ._common import LayerRef
-from ._volume import attribution, check_spatial, upsample
+from ._volume import VOLUME_FIXTURES, VOLUME_KINDS, attribution, check_spatial, upsample
 
 
 def default_cnn_layer(model: nn.Module) -> nn.Module:
@@ -54,6 +54,8 @@ class CAMExplainer(Explainer):
     """
 
     kind = "pixel"
+    kinds = VOLUME_KINDS
+    kind_fixtures = VOLUME_FIXTURES
 
     class Settings(Explainer.Settings):
         layer: LayerRef = None

@@ -29,7 +29,7 @@ from xaibench.types import Attribution
 
 from ._common import BaselineRule, make_baseline
 from .incremental import occlusion_drops
-from ._volume import attribution, check_spatial
+from ._volume import VOLUME_FIXTURES, VOLUME_KINDS, attribution, check_spatial
 
 _Side = Annotated[StrictInt, Field(ge=1)]
 #: A window size or stride: one positive int (square) or (h, w) positive ints.
@@ -103,6 +103,8 @@ class Occlusion(Explainer):
     """
 
     kind = "pixel"
+    kinds = VOLUME_KINDS
+    kind_fixtures = VOLUME_FIXTURES
 
     class Settings(Explainer.Settings):
         window: SizeN = 10

@@ -60,8 +60,9 @@ def get_fixture(name: str) -> FixtureCase:
 
 
 def explainer_cases() -> list[tuple[str, str]]:
-    """(explainer key, fixture name) for every registered explainer. ``any.*`` explainers run
-    on every differentiable fixture."""
+    """(explainer key, fixture name) for every registered explainer, once per kind it declares
+    (``kinds``: its main fixture, then the fixture of each further kind, e.g. ``cnn3d`` for
+    ``voxel``). ``any.*`` explainers run on every differentiable fixture."""
     load_plugins()
     cases = []
     for name in EXPLAINERS.names():
@@ -70,6 +71,7 @@ def explainer_cases() -> list[tuple[str, str]]:
             cases += [(name, f) for f in FIXTURES.names() if get_fixture(f).differentiable]
         else:
             cases.append((name, info.fixture))
+            cases += [(name, fx) for _, fx in info.kind_fixtures]
     return cases
 
 
@@ -87,10 +89,21 @@ def _close(a: Tensor, b: Tensor, case: FixtureCase) -> tuple[bool, float]:
     return bool((diff <= tol).all()), float(diff.max()) if diff.numel() else 0.0
 
 
-def check_output(name: str, attr: Attribution, case: FixtureCase) -> None:
+def _case_kind(name: str, case: FixtureCase) -> str:
+    """The kind ``name`` must return on ``case``: the kind whose fixture ``case`` is (fixtures are cached)."""
     info = EXPLAINERS.info(name)
+    for kind, fx in info.kind_fixtures:
+        if get_fixture(fx) is case:
+            return kind
+    return info.kind
+
+
+def check_output(name: str, attr: Attribution, case: FixtureCase, kind: str | None = None) -> None:
+    """The attribution's type, kind (``kind``, default: the kind of ``case``'s fixture), shape and values."""
+    info = EXPLAINERS.info(name)
+    kind = kind or _case_kind(name, case)
     assert isinstance(attr, Attribution), f"{name}: explain must return an Attribution, got {type(attr).__name__}"
-    assert attr.kind == info.kind, f"{name}: registered kind {info.kind!r} but returned {attr.kind!r}"
+    assert attr.kind == kind, f"{name}: registered kind {kind!r} for this fixture but returned {attr.kind!r}"
     assert attr.values.ndim == KIND_NDIM[attr.kind]
     assert attr.batch_size == len(case.batch), f"{name}: {attr.batch_size} maps for {len(case.batch)} samples"
     assert attr.values.is_floating_point(), f"{name}: values must be floating point, got {attr.values.dtype}"
@@ -100,6 +113,10 @@ def check_output(name: str, attr: Attribution, case: FixtureCase) -> None:
     if attr.kind == "pixel" and x.ndim == 4:
         assert tuple(attr.values.shape[-2:]) == tuple(x.shape[-2:]), (
             f"{name}: pixel map {tuple(attr.values.shape)} not at input resolution {tuple(x.shape[-2:])}")
+    if attr.kind == "voxel" and x.ndim == 5:
+        assert tuple(attr.values.shape[-3:]) == tuple(x.shape[-3:]), (
+            f"{name}: voxel map {tuple(attr.values.shape)} not at input resolution {tuple(x.shape[-3:])}")
+    assert attr.kind in info.kinds, f"{name}: returned {attr.kind!r}, not among its declared kinds {info.kinds}"
     if attr.kind in ("event", "event_head", "event_vector") and x.ndim == 3:
         assert attr.values.shape[-1 if attr.kind != "event_vector" else -2] == x.shape[1], (
             f"{name}: expected one score per event ({x.shape[1]}), got {tuple(attr.values.shape)}")
@@ -252,18 +269,20 @@ def check_device(name: str, case: FixtureCase, device: str = "cuda", rel: float 
 
 
 def check_explainer(name: str, fixture: str | None = None) -> None:
-    """Run every explainer contract check for ``name`` on its (or the given) fixture (the
-    device check too when CUDA is available)."""
-    case = get_fixture(fixture or EXPLAINERS.info(name).fixture)
-    check_output(name, _make(name, case).explain_batch(case.batch, _targets(case)), case)
-    check_batch_equals_singles(name, case)
-    check_deterministic(name, case)
-    check_model_untouched(name, case)
-    check_bad_inputs(name, case)
-    check_target_formats(name, case)
-    check_dtype_float64(name, case)
-    if torch.cuda.is_available():
-        check_device(name, case)
+    """Run every explainer contract check for ``name`` on the given fixture, or on the fixture of
+    each kind it declares (the device check too when CUDA is available)."""
+    info = EXPLAINERS.info(name)
+    for fx in [fixture] if fixture else [info.fixture, *(f for _, f in info.kind_fixtures)]:
+        case = get_fixture(fx)
+        check_output(name, _make(name, case).explain_batch(case.batch, _targets(case)), case)
+        check_batch_equals_singles(name, case)
+        check_deterministic(name, case)
+        check_model_untouched(name, case)
+        check_bad_inputs(name, case)
+        check_target_formats(name, case)
+        check_dtype_float64(name, case)
+        if torch.cuda.is_available():
+            check_device(name, case)
 
 
 # ------------------------------------------------------------------ metrics
