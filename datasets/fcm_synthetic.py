@@ -9,7 +9,11 @@ normal-marrow donor studies. Populations: granulocytes (SSC saturating at 8.0), 
 precursors, monocytes, T/NK lymphocytes, mature B cells, hematogones along a maturation
 continuum (CD34+CD10bright CD20− → CD34−CD10dim CD20+), CD45-negative erythroid cells,
 CD19+ CD10bright CD45dim CD38dim blasts with a patient-specific phenotype, debris and
-doublets. Every sample gets its own instrument effects (fluorescence offsets, scatter gains).
+doublets. Every sample gets its own instrument effects (fluorescence offsets, scatter gains),
+shared by all its populations; with ``population_shift_sd`` / ``population_gain_sd`` > 0 every
+population also shifts on its own (as between centres, where voltages, compensation and
+staining shift populations differently), and the true gates follow the populations they are
+anchored on. Both default to 0: the default data are unchanged.
 
 Labels are exact (1 = blast, 0 = anything else, doublets included); ``polygons`` hold the true
 gates of a small hierarchy: singlets (FSC-A/FSC-W) → lymphoid (CD45/SSC-A) → CD19+
@@ -133,7 +137,14 @@ class SyntheticBALL(SampleDataset):
         doublets: tuple[float, float] = (0.01, 0.04)
         """(low, high) of the uniform share of doublets."""
         shift_sd: Annotated[float, Field(ge=0)] = 0.15
-        """SD of the per-sample fluorescence offsets (instrument / batch effects)."""
+        """SD of the per-sample fluorescence offsets (instrument / batch effects), shared by all populations."""
+        gain_sd: Annotated[float, Field(ge=0)] = 0.05
+        """SD of the per-sample scatter gains (around 1), shared by all populations."""
+        population_shift_sd: Annotated[float, Field(ge=0)] = 0.0
+        """SD of an extra fluorescence offset per population and sample (each population shifts on its
+        own, as in multi-centre data); 0 = one shared shift (the default data are unchanged)."""
+        population_gain_sd: Annotated[float, Field(ge=0)] = 0.0
+        """SD of an extra scatter gain (around 1) per population and sample; 0 = one shared gain."""
         include_time: bool = False
         """Append a TIME channel (acquisition order in [0, 1])."""
 
@@ -167,6 +178,11 @@ class SyntheticBALL(SampleDataset):
 
         blast_mean = np.array([rng.uniform(*_BLAST_RANGE[m]) for m in MARKERS])
         means = {k: np.array(v[0]) + rng.normal(0, 0.08, 10) for k, v in _POP.items()}
+        # per-population instrument effects (drawn only when asked: the default stream is unchanged)
+        pop_gain, pop_off = np.ones((len(names), 3)), np.zeros((len(names), 7))
+        if p.population_shift_sd > 0 or p.population_gain_sd > 0:
+            pop_gain = rng.normal(1.0, p.population_gain_sd, (len(names), 3))
+            pop_off = rng.normal(0.0, p.population_shift_sd, (len(names), 7))
         parts, codes = [], []
         for code, name in enumerate(names):
             c = int(counts[code])
@@ -182,6 +198,9 @@ class SyntheticBALL(SampleDataset):
                 x = _draw(rng, blast_mean, np.array(_BLAST_SD), c)
             else:
                 x = _draw(rng, np.array(_DEBRIS[0]), np.array(_DEBRIS[1]), c)
+            if p.population_shift_sd > 0 or p.population_gain_sd > 0:
+                x[:, :3] *= pop_gain[code]
+                x[:, 3:] += pop_off[code]
             parts.append(x)
             codes.append(np.full(c, code, np.int8))
         x = np.concatenate(parts) if parts else np.zeros((0, 10))
@@ -199,7 +218,7 @@ class SyntheticBALL(SampleDataset):
             code = np.concatenate([code, np.full(nd, names.index("doublet"), np.int8)])
 
         # instrument / batch effects of this sample
-        gain = rng.normal(1.0, 0.05, 3)
+        gain = rng.normal(1.0, p.gain_sd, 3)
         offset = rng.normal(0.0, p.shift_sd, 7)
         x[:, :3] *= gain
         x[:, 3:] += offset
@@ -212,16 +231,21 @@ class SyntheticBALL(SampleDataset):
             x = np.concatenate([x, np.sort(rng.random(n))[:, None]], 1)
         labels = code == names.index("blast")
 
-        def at(pop_mean: np.ndarray, marker: str) -> float:
-            i = MARKERS.index(marker)
-            return float(pop_mean[i] * gain[i] if i < 3 else pop_mean[i] + offset[i - 3])
+        def at(pop_mean: np.ndarray, marker: str, pop: str) -> float:
+            i, j = MARKERS.index(marker), names.index(pop)
+            return float(pop_mean[i] * (gain[i] * pop_gain[j, i]) if i < 3 else pop_mean[i] + (offset[i - 3] + pop_off[j, i - 3]))
+
+        def g(i: int, pop: str) -> float:  # scatter gain of a population
+            return float(gain[i] * pop_gain[names.index(pop), i])
 
         hema_mid = (np.array(_HEMA_EARLY) + np.array(_HEMA_LATE)) / 2
+        tnk = "t_nk_lymphocyte"
         verts = np.stack([
-            octagon(4.4 * gain[0], at(means["t_nk_lymphocyte"], "FSC-W") + 0.03, 3.6 * gain[0], 0.3),
-            octagon(at(means["t_nk_lymphocyte"], "CD45") - 0.8, 1.35 * gain[2], 1.75, 1.45 * gain[2]),
-            octagon(0.5 * (at(means["mature_b"], "CD19") + at(hema_mid, "CD19")) + 0.25, 1.25 * gain[2], 1.35, 1.35 * gain[2]),
-            octagon(at(blast_mean, "CD45"), at(blast_mean, "CD10"), 2.3 * _BLAST_SD[5], 2.3 * _BLAST_SD[4]),
+            octagon(4.4 * g(0, tnk), at(means[tnk], "FSC-W", tnk) + 0.03, 3.6 * g(0, tnk), 0.3),
+            octagon(at(means[tnk], "CD45", tnk) - 0.8, 1.35 * g(2, tnk), 1.75, 1.45 * g(2, tnk)),
+            octagon(0.5 * (at(means["mature_b"], "CD19", "mature_b") + at(hema_mid, "CD19", "hematogone")) + 0.25,
+                    1.25 * g(2, "mature_b"), 1.35, 1.35 * g(2, "mature_b")),
+            octagon(at(blast_mean, "CD45", "blast"), at(blast_mean, "CD10", "blast"), 2.3 * _BLAST_SD[5], 2.3 * _BLAST_SD[4]),
         ]).astype(np.float32)
         idx = {m: i for i, m in enumerate(MARKERS)}
         polygons = {"names": tuple(g[0] for g in GATES), "parents": tuple(g[3] for g in GATES),

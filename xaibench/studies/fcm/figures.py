@@ -7,6 +7,13 @@
 - ``fcm_head_fractions``: per attention explainer, the top-5% cancer fraction of every head
   with its 95% bootstrap CI and the random baseline (figure 5); needs one metric entry per
   head (``top_k_positive_fraction`` with ``head=0, 1, ...``).
+- ``fcm_head_populations``: per attention explainer, the share of every population among every
+  head's top-5% attended events (``top_k_population_share``, one metric entry per head and
+  population) with 95% CIs, coloured by enrichment over the random baseline (the population's
+  share of the sample); the paper's figure-4 reading of which head attends which population.
+- ``fcm_f1_gain_curve``: the false-negative gradient-step experiment (appendix 7.3) as relative F1
+  gain against step size (``gradient_step_f1_relative_gain`` at several ``step`` values), per
+  explainer with 95% CIs and the random baseline, beside the paper's ">60%".
 """
 
 from __future__ import annotations
@@ -166,4 +173,124 @@ def fcm_head_fractions(run_dir: Path, results: pd.DataFrame, summary: pd.DataFra
         fig.suptitle(f"{study}: top-5% cancer fraction per head ({model}, {dataset}), 95% CI", fontsize=9)
         out.append((f"FCM {study}: top-5% cancer fraction per head ({model})",
                     save(fig, figure_path(run_dir, f"fcm_heads_{study}_{dataset}_{model}"))))
+    return out
+
+
+def _param(protocol: Any, key: str) -> Any:
+    try:
+        return json.loads(protocol).get(key) if isinstance(protocol, str) else None
+    except (ValueError, AttributeError):
+        return None
+
+
+def population_table(summary: pd.DataFrame) -> pd.DataFrame:
+    """``top_k_population_share`` rows of a summary with their ``head`` (int) and ``population`` columns."""
+    if summary.empty or "metric_key" not in summary:
+        return pd.DataFrame()
+    s = summary[summary["metric_key"] == "top_k_population_share"].copy()
+    s["head"] = [_head(p) for p in s["protocol"]]
+    s["population"] = [_param(p, "population") for p in s["protocol"]]
+    return s[s["head"].notna() & s["population"].notna()]
+
+
+def head_reading(summary: pd.DataFrame) -> pd.DataFrame:
+    """Per (study, dataset, model, explainer, head): the population a head enriches most (share over
+    the random baseline's share, where the CI's lower end is above the baseline), its share and CI."""
+    s = population_table(summary)
+    if s.empty:
+        return pd.DataFrame()
+    rows = []
+    for (study, dataset, model), g in s.groupby(["study", "dataset", "model"], sort=False):
+        base = g[g["is_baseline"] & g["explainer"].str.contains("random")].groupby("population")["mean"].mean()
+        for (meth, head), h in g[~g["is_baseline"]].groupby(["explainer", "head"], sort=False):
+            h = h.assign(base=h["population"].map(base)).dropna(subset=["base", "mean"])
+            h = h[(h["base"] > 0) & (h["ci_low"] > h["base"])]
+            if h.empty:
+                continue
+            top = h.loc[(h["mean"] / h["base"]).idxmax()]
+            rows.append({"study": study, "dataset": dataset, "model": model, "explainer": meth, "head": int(head),
+                         "population": top["population"], "share": top["mean"], "ci_low": top["ci_low"],
+                         "ci_high": top["ci_high"], "random_share": top["base"],
+                         "enrichment": top["mean"] / top["base"]})
+    return pd.DataFrame(rows)
+
+
+@register_figure("fcm_head_populations")
+def fcm_head_populations(run_dir: Path, results: pd.DataFrame, summary: pd.DataFrame) -> list[tuple[str, Path]]:
+    """Share of every population among each head's top-5% attended events, 95% CIs, per attention explainer."""
+    s = population_table(summary)
+    out: list[tuple[str, Path]] = []
+    if s.empty:
+        return out
+    reading = head_reading(summary)
+    for (study, dataset, model), g in s.groupby(["study", "dataset", "model"], sort=False):
+        methods = list(dict.fromkeys(g.loc[~g["is_baseline"], "explainer"]))
+        pops = list(dict.fromkeys(g["population"]))
+        base = g[g["is_baseline"] & g["explainer"].str.contains("random")].groupby("population")["mean"].mean()
+        if not methods:
+            continue
+        fig = new_figure(max(6.0, 0.75 * len(pops) + 1.5) , 2.6 * len(methods))
+        axes = np.atleast_1d(fig.subplots(len(methods), 1, squeeze=False)).ravel()
+        for ax, meth in zip(axes, methods):
+            m = g[g["explainer"] == meth]
+            heads = sorted(int(h) for h in m["head"].unique())
+            width = 0.8 / max(len(heads), 1)
+            for j, h in enumerate(heads):
+                r = m[m["head"] == h].set_index("population").reindex(pops)
+                mean, lo, hi = (r[c].to_numpy(dtype=float) for c in ("mean", "ci_low", "ci_high"))
+                xs = np.arange(len(pops)) - 0.4 + width * (j + 0.5)
+                ax.bar(xs, mean, width, color=f"C{h % 10}", alpha=0.85, label=f"H{h}")
+                ax.errorbar(xs, mean, yerr=[np.nan_to_num(mean - lo), np.nan_to_num(hi - mean)], fmt="none",
+                            ecolor="k", capsize=2, lw=0.8)
+            if not base.empty:
+                b = base.reindex(pops).to_numpy(dtype=float)
+                ax.scatter(np.arange(len(pops)), b, marker="_", s=300, c="k", zorder=5, label="random (sample share)")
+            ax.set_xticks(np.arange(len(pops)), [p.replace("_", " ") for p in pops], fontsize=7, rotation=20)
+            ax.set_ylim(0, 1)
+            ax.set_ylabel("share of top-5% attended", fontsize=7)
+            read = reading[(reading["explainer"] == meth) & (reading["study"] == study)] if not reading.empty else reading
+            note = "; ".join(f"H{int(r.head)}: {r.population} ×{r.enrichment:.1f}" for r in read.itertuples()) \
+                if not read.empty else "no head enriches a population above its CI"
+            ax.set_title(f"{meth} — most enriched per head: {note}", fontsize=8)
+            ax.legend(fontsize=6, ncol=len(heads) + 1, loc="upper right")
+        fig.suptitle(f"{study}: populations among each head's top-5% attended events ({model}, {dataset}), 95% CI",
+                     fontsize=9)
+        out.append((f"FCM {study}: populations each head attends to ({model})",
+                    save(fig, figure_path(run_dir, f"fcm_head_populations_{study}_{dataset}_{model}"))))
+    return out
+
+
+@register_figure("fcm_f1_gain_curve")
+def fcm_f1_gain_curve(run_dir: Path, results: pd.DataFrame, summary: pd.DataFrame) -> list[tuple[str, Path]]:
+    """Relative F1 gain of the false negatives' gradient step against the step size, 95% CIs."""
+    if summary.empty or "metric_key" not in summary:
+        return []
+    s = summary[summary["metric_key"] == "gradient_step_f1_relative_gain"].copy()
+    s["step"] = [_param(p, "step") for p in s["protocol"]]
+    s = s[s["step"].notna()]
+    out: list[tuple[str, Path]] = []
+    for (study, dataset, model), g in s.groupby(["study", "dataset", "model"], sort=False):
+        if g["step"].nunique() < 2:
+            continue
+        fig = new_figure(5.0, 3.4)
+        ax = fig.subplots()
+        for i, (meth, m) in enumerate(g.groupby("explainer", sort=False)):
+            m = m.sort_values("step")
+            x = m["step"].to_numpy(dtype=float)
+            mean, lo, hi = (100 * m[c].to_numpy(dtype=float) for c in ("mean", "ci_low", "ci_high"))
+            style = {"ls": "--", "color": "grey"} if bool(m["is_baseline"].iloc[0]) else {"color": f"C{i % 10}"}
+            ax.plot(x, mean, marker="o", ms=3, label=meth, **style)
+            ax.fill_between(x, lo, hi, alpha=0.15, color=style["color"])
+        ax.axhline(60, color="tab:red", lw=0.8, ls=":", label="paper: >60% (one AML sample)")
+        ax.axhline(0, color="k", lw=0.5)
+        ax.set_xscale("log")
+        ax.set_xlabel("step along the unit gradient (marker units)", fontsize=8)
+        ax.set_ylabel("relative F1 gain of the sample, %", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.legend(fontsize=6)
+        n = int(g["n"].max()) if "n" in g else 0
+        fig.suptitle(f"{study}: moving the false negatives along their gradients ({model}, {dataset}; "
+                     f"samples with false negatives, n ≤ {n})", fontsize=8)
+        out.append((f"FCM {study}: relative F1 gain against step size ({model})",
+                    save(fig, figure_path(run_dir, f"fcm_f1_gain_curve_{study}_{dataset}_{model}"))))
     return out
