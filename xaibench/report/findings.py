@@ -93,7 +93,8 @@ def _p(x: float) -> str:
 def _rows(f: Finding) -> str:
     if f.definition.get("rows", "pooled") == "pooled":
         return "pooled"
-    return f"{f.rows_holding}/{f.rows_total} hold (need {f.rows_needed})"
+    return (f"{f.rows_holding}/{f.rows_total} hold" + (f", {f.rows_refuted} refuted" if f.rows_refuted else "")
+            + f" (need {f.rows_needed})")
 
 
 def _effect(f: Finding) -> str:
@@ -112,8 +113,10 @@ HEADER = ["claim", "source", "metric", "compared", "effect [95% CI]", "n", "rows
 
 
 def _floor_rows(data: RunData) -> list[list[str]]:
-    return [[study, model, f.text() if f.score is not None else "–", f.status + (f": {f.why}" if f.why else "")]
-            for (study, model), f in model_floors(data.meta).items()]
+    """study, model, held-out score, status — for the models below their floor or without one."""
+    return [[study, model, f"{f.metric} {f.score:.3f}" if f.score is not None else "–",
+             (f.text() if f.floor is not None else f.status) + (f": {f.why}" if f.why else "")]
+            for (study, model), f in model_floors(data.meta).items() if f.status != "ok"]
 
 
 def findings_md(report: Any, md: Any, _md_table: Any) -> list[str]:
@@ -128,8 +131,7 @@ def findings_md(report: Any, md: Any, _md_table: Any) -> list[str]:
                   + ", ".join(f"{n} {v}" for v, n in counts.items()) + ".", "",
                   md(CORRECTION_NOTE.format(alpha=ALPHA)), ""]
         lines += _md_table(HEADER, [[md(c) for c in r] for r in _table(data)])
-    floors = _floor_rows(data)
-    bad = [r for r in floors if not r[3].startswith("ok")]
+    bad = _floor_rows(data)
     if bad:
         lines += ["", "## Models without a passing floor", "", "Rows of these models are marked in the tables: a "
                   "model below its floor (or with no stated floor) may not have learned its task, so its "
@@ -154,7 +156,7 @@ def findings_html(report: Any) -> str:
         parts += ["<h2>Findings</h2>", f"<p class='legend'>{e(CORRECTION_NOTE.format(alpha=ALPHA))}</p>",
                   f"<div class='scroll'><table class='findings'><thead><tr>{head}</tr></thead>"
                   f"<tbody>{''.join(body)}</tbody></table></div>"]
-    bad = [r for r in _floor_rows(data) if not r[3].startswith("ok")]
+    bad = _floor_rows(data)
     if bad:
         rows = "".join("<tr>" + "".join(f"<td class='key'>{e(c)}</td>" for c in r) + "</tr>" for r in bad)
         parts += ["<h2>Models without a passing floor</h2>",
