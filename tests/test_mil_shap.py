@@ -7,19 +7,14 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
-from xaibench.adapters.mil.shap_analysis import (
-    FCMHeadAttention,
-    ShapSettings,
-    analyse_attention,
-    expected_gradients,
-    run_analysis,
-    shap_values,
-    stratified_sample,
-)
-from xaibench.datasets.mil_slides import CONFOUNDER, CONTEXT_FEATURES, DEFINING_FEATURES
 
 import xaibench
 from xaibench import zoo
+from xaibench.adapters.mil.shap_analysis import (
+    FCMHeadAttention, ShapSettings, analyse_attention, expected_gradients, run_analysis, shap_values,
+    stratified_sample,
+)
+from xaibench.datasets.mil_slides import CONFOUNDER, CONTEXT_FEATURES, DEFINING_FEATURES
 
 #: stated thresholds: of the 4 most important non-context features at least 3 are defining for the
 #: zoo ABMIL, and its mean precision@3 over slides is at least 0.8; the confounded model ranks its
