@@ -8,17 +8,17 @@ Explainers return raw maps; every normalisation here is an explicit, named step
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from xaibench import Attribution, Batch, create_explainer
-from xaibench.explainers import capture_layer, check_images, find_module, model_guard
-
 from xaibench.adapters.cnn.cam import default_cnn_layer
+from xaibench.explainers import capture_layer, check_images, find_module, model_guard
 
 #: landmarks used for alignment (indices into ``faces``' ``meta["landmarks"]``): eyes and mouth
 ALIGN_POINTS = (0, 1, 3)
@@ -119,40 +119,52 @@ class ClassMaps:
 
 def class_maps(model: nn.Module, batches: Iterable[Batch], method: str, params: dict[str, Any] | None = None,
                num_classes: int | None = None, normalise: str = "max_abs", only_correct: bool = True,
-               align_faces: bool = True, classes: list[str] | None = None) -> ClassMaps:
+               align_faces: bool = True, classes: list[str] | None = None,
+               maps: Iterable[Tensor] | None = None) -> ClassMaps:
     """Syndrome-wise maps and composite faces over a data set.
 
     Each sample is explained for its true class; with ``only_correct`` only correctly
     classified samples count (as in the facial-CNN study design). Maps are normalised per sample
     (``normalise``), aligned on the eyes and mouth when ``meta["landmarks"]`` exists and
     ``align_faces``, and averaged per class, as are the images (the composite face).
+
+    ``maps``: optionally, each batch's (B, H, W) pixel maps already computed for its targets
+    (``explain_batch(batch, batch.targets).pixel_map()``), in the order of ``batches``; then
+    nothing is explained again (a sample's map does not depend on its batch neighbours, so
+    the result is the same).
     """
-    ex = create_explainer(method, model, **(params or {}))
+    ex = create_explainer(method, model, **(params or {})) if maps is None else None
+    given = iter(maps) if maps is not None else None
     sums: dict[int, list[Tensor]] = {}
     template = None
     aligned = False
     for batch in batches:
+        full = next(given, None) if given is not None else None
+        if given is not None and full is None:
+            raise ValueError("class_maps: fewer maps than batches; pass one (B, H, W) map tensor per batch")
         with model_guard(model), torch.no_grad():
             pred = model(batch.inputs).argmax(1)
         keep = (pred == batch.targets) if only_correct else torch.ones_like(pred, dtype=torch.bool)
         if not keep.any():
             continue
-        sub = batch.select(torch.nonzero(keep).flatten())
-        maps = normalise_maps(ex.explain_batch(sub, sub.targets).pixel_map(), normalise)[:, None]
+        rows = torch.nonzero(keep).flatten()
+        sub = batch.select(rows)
+        pixel = ex.explain_batch(sub, sub.targets).pixel_map() if full is None else full[rows]
+        normed = normalise_maps(pixel, normalise)[:, None]
         imgs = sub.inputs.float()
         lms = sub.meta.get("landmarks")
         if align_faces and lms is not None:
             lms = torch.as_tensor(lms) if not isinstance(lms, list) else torch.stack([torch.as_tensor(v) for v in lms])
             if template is None:
                 template = lms[:, list(ALIGN_POINTS)].float().mean(0)
-            stacked, _ = align(torch.cat([imgs, maps], 1), lms, template)
-            imgs, maps = stacked[:, :-1], stacked[:, -1:]
+            stacked, _ = align(torch.cat([imgs, normed], 1), lms, template)
+            imgs, normed = stacked[:, :-1], stacked[:, -1:]
             aligned = True
         for c in sub.targets.unique().tolist():
             sel = sub.targets == c
-            acc = sums.setdefault(int(c), [torch.zeros_like(imgs[0]), torch.zeros_like(maps[0, 0]), torch.zeros(())])
+            acc = sums.setdefault(int(c), [torch.zeros_like(imgs[0]), torch.zeros_like(normed[0, 0]), torch.zeros(())])
             acc[0] += imgs[sel].sum(0)
-            acc[1] += maps[sel, 0].sum(0)
+            acc[1] += normed[sel, 0].sum(0)
             acc[2] += sel.sum()
     if not sums:
         raise ValueError(f"class_maps: no sample was {'correctly ' if only_correct else ''}classified; nothing to average")

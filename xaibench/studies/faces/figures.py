@@ -4,11 +4,14 @@ patient per syndrome with every method's map, and the class-imbalance curves.
 They are registered report figures: ``xaibench run face_study`` (or ``xaibench report``)
 draws them for every study that explains a face zoo model on the ``faces`` data set. The
 class-level maps are recomputed from the run's configuration on a small, seeded, balanced
-set (``PER_CLASS`` faces per syndrome) — the run's tables stay the reference numbers.
+set (``PER_CLASS`` faces per syndrome) — the run's tables stay the reference numbers. Each
+method explains that set once (:func:`_explain_once`); the class-level and the patient-wise
+figures both read those maps.
 """
 
 from __future__ import annotations
 
+import contextlib
 import re
 from pathlib import Path
 from typing import Any
@@ -17,10 +20,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from xaibench.store import load_run
 from xaibench.report.figures import figure_path, new_figure, overlay, register_figure, save
+from xaibench.store import load_run
 
-from .analyses import class_maps, normalise_maps, patient_maps, similarity_maps
+from .analyses import class_maps, normalise_maps, similarity_maps
 
 PER_CLASS = 6
 MAX_METHODS = 14
@@ -42,6 +45,29 @@ def _face_studies(run_dir: Path) -> list[dict[str, Any]]:
 
 def _image(x: torch.Tensor) -> np.ndarray:
     return x.clamp(0, 1).permute(1, 2, 0).numpy()
+
+
+@contextlib.contextmanager
+def _one_thread() -> Any:
+    """Run with one torch thread, restoring the count afterwards. The figures explain ~30 small
+    (64²) faces: many small kernels, where a second thread only adds fork/join waits, and on
+    a busy machine those waits dominate (incremental occlusion of the default set, load 17 on
+    2 cores: 0.26 s per face on one thread, 8.3 s on two)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
+def _explain_once(model: Any, batch: Any, methods: list[dict[str, Any]]) -> list[torch.Tensor]:
+    """Each method's (B, H, W) pixel maps of the whole balanced set, for its true classes: the
+    one explanation that the class-level and the patient-wise figures share."""
+    from xaibench import create_explainer
+
+    return [create_explainer(m["name"], model, **(m.get("params") or {})).explain_batch(batch, batch.targets)
+            .pixel_map() for m in methods]
 
 
 def _methods(study: dict[str, Any]) -> list[dict[str, Any]]:
@@ -75,8 +101,10 @@ def faces_class_maps(run_dir: Path, results: pd.DataFrame, summary: pd.DataFrame
         ds, classes = _balanced(item["dataset"], int(st.get("seed", 0)))
         batch = ds.all()
         k = len(classes)
-        maps = [class_maps(model, [batch], m["name"], m.get("params") or {}, num_classes=k, classes=classes)
-                for m in methods]
+        with _one_thread():
+            explained = _explain_once(model, batch, methods)
+            maps = [class_maps(model, [batch], m["name"], m.get("params") or {}, num_classes=k, classes=classes,
+                               maps=[full]) for m, full in zip(methods, explained)]
         gt = torch.stack([batch.masks[batch.targets == c].float().mean(0) for c in range(k)])
         fig = new_figure(1.45 * (len(methods) + 1), 1.5 * k + 0.5)
         axes = fig.subplots(k, len(methods) + 1, squeeze=False)
@@ -96,9 +124,10 @@ def faces_class_maps(run_dir: Path, results: pd.DataFrame, summary: pd.DataFrame
                      f"{PER_CLASS} test faces per class, correct ones only)", fontsize=9)
         out.append((f"{st['name']}: syndrome-wise maps and composite faces",
                     save(fig, figure_path(run_dir, f"faces_class_maps_{st['name']}"))))
-        out += _patients(run_dir, st, methods, model, batch, classes)
+        out += _patients(run_dir, st, methods, explained, batch, classes)
         if item["embedder"] is not None:
-            out += _similarity(run_dir, st, zoo.load("face_embedder"), batch, classes)
+            with _one_thread():
+                out += _similarity(run_dir, st, zoo.load("face_embedder"), batch, classes)
     return out
 
 
@@ -127,13 +156,14 @@ def _similarity(run_dir: Path, st: dict[str, Any], model: Any, batch: Any, class
              save(fig, figure_path(run_dir, f"faces_similarity_{st['name']}")))]
 
 
-def _patients(run_dir: Path, st: dict[str, Any], methods: list[dict[str, Any]], model: Any, batch: Any,
-              classes: list[str]) -> list[tuple[str, Path]]:
-    """One patient per syndrome (the first of its class), each method's map (signed, max-abs)."""
+def _patients(run_dir: Path, st: dict[str, Any], methods: list[dict[str, Any]], explained: list[torch.Tensor],
+              batch: Any, classes: list[str]) -> list[tuple[str, Path]]:
+    """One patient per syndrome (the first of its class), each method's map (signed, max-abs),
+    taken from ``explained`` (each method's (B, H, W) maps of ``batch``, :func:`_explain_once`)."""
 
     idx = [int(torch.nonzero(batch.targets == c)[0]) for c in range(len(classes)) if (batch.targets == c).any()]
     sub = batch.select(idx)
-    attrs = patient_maps(model, sub, {f"{m['name']}@{i}": m.get("params") or {} for i, m in enumerate(methods)})
+    attrs = [full[idx] for full in explained]
     fig = new_figure(1.45 * (len(methods) + 1), 1.5 * len(idx) + 0.5)
     axes = fig.subplots(len(idx), len(methods) + 1, squeeze=False)
     for r in range(len(idx)):
@@ -142,8 +172,8 @@ def _patients(run_dir: Path, st: dict[str, Any], methods: list[dict[str, Any]], 
         axes[r, 0].imshow(img)
         axes[r, 0].set_xticks([]), axes[r, 0].set_yticks([])
         axes[r, 0].set_ylabel(classes[int(sub.targets[r])], fontsize=7)
-        for j, a in enumerate(attrs.values(), start=1):
-            m = normalise_maps(a.pixel_map()[r:r + 1])[0].numpy()
+        for j, a in enumerate(attrs, start=1):
+            m = normalise_maps(a[r:r + 1])[0].numpy()
             axes[r, j].imshow(img * 0.5 + 0.25)
             axes[r, j].imshow(m, cmap="RdBu_r", vmin=-1, vmax=1, alpha=0.75)
             if region.any():
