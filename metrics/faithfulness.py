@@ -120,7 +120,7 @@ def perturbation_curves(model: nn.Module, x: Tensor, m: Tensor, target: Tensor, 
     counts = (torch.arange(s + 1, device=x.device) * per_step).clamp(max=n_regions)
     base = baseline_images(x, baseline)
     flat_x, flat_base = x.flatten(2), base.flatten(2)
-    vals = torch.empty(b * (s + 1), dtype=torch.float32)
+    vals = torch.empty(b * (s + 1), dtype=torch.float32, device=x.device)  # stays on the device: no per-chunk sync
     jobs = torch.arange(b * (s + 1), device=x.device)
     with model_guard(model), torch.no_grad():
         for chunk in jobs.split(batch_size):
@@ -128,8 +128,8 @@ def perturbation_curves(model: nn.Module, x: Tensor, m: Tensor, target: Tensor, 
             done = (rank[bi] < counts[si][:, None])[:, None]  # (n, 1, H*W)
             keep_x = ~done if mode == "deletion" else done
             imgs = torch.where(keep_x, flat_x[bi], flat_base[bi]).reshape(len(chunk), *x.shape[1:])
-            vals[chunk.cpu()] = select_output(model(imgs), target[bi.cpu()], output).cpu()
-    return vals.reshape(b, s + 1), (counts.double() / n_regions).cpu()
+            vals[chunk] = select_output(model(imgs), target.to(x.device)[bi], output)
+    return vals.reshape(b, s + 1), counts.double() / n_regions
 
 
 def _setup(attr: Attribution, batch: Batch, model: nn.Module | None, who: str) -> tuple[Tensor, Tensor, Tensor]:

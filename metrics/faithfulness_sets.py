@@ -49,12 +49,12 @@ def _outputs(model: nn.Module, x: Tensor, rank: Tensor, ks: tuple[float, ...], t
         top = rank < n_top
         sel = top if keep_top else ~top
         if not bool(sel.any(1).all()):
-            cols.append(torch.full((b,), math.nan))
+            cols.append(torch.full((b,), math.nan, device=x.device))
             continue
         # the selected instances of every sample in their original order (equal counts per sample)
         idx = torch.argsort((~sel).to(torch.int8), dim=1, stable=True)[:, : int(sel[0].sum())]
         sub = x.gather(1, idx[..., None].expand(-1, -1, x.shape[-1]))
-        cols.append(select_output(model(sub), target, output).cpu())
+        cols.append(select_output(model(sub), target, output))
     return torch.stack(cols, 1)
 
 
@@ -68,14 +68,14 @@ def _set_scores(attr: Attribution, batch: Batch, model: nn.Module | None, who: s
         raise ValueError(f"{who}: expected set inputs (B, N, m) with one score per instance, got inputs "
                          f"{tuple(x.shape)} and scores {tuple(s.shape)}")
     order = torch.argsort(-s.double(), dim=1, stable=True)
-    rank = torch.empty_like(order).scatter_(1, order, torch.arange(s.shape[1]).expand_as(order)).to(x.device)
+    rank = torch.empty_like(order).scatter_(1, order, torch.arange(s.shape[1], device=order.device).expand_as(order)).to(x.device)
     with model_guard(model), torch.no_grad():
         full = model(x)
         default = target_class if target_class is not None else (1 if full.ndim == 3 else None)
         t = resolve_target(attr, batch, full, default)
         if target_class is not None:
             t = torch.full_like(t, int(target_class))
-        base = select_output(full, t, output).cpu()
+        base = select_output(full, t, output)
         outs = _outputs(model, x, rank, tuple(ks), t, output, keep_top)
     return (base[:, None] - outs).mean(1)
 

@@ -92,7 +92,7 @@ def disk_dilate(masks: Tensor, radius: float) -> Tensor:
     if radius <= 0:
         return masks
     r = int(math.ceil(radius))
-    ax = torch.arange(-r, r + 1, dtype=torch.float32)
+    ax = torch.arange(-r, r + 1, dtype=torch.float32, device=masks.device)
     if masks.ndim == 4:
         kernel = ((ax[:, None, None] ** 2 + ax[None, :, None] ** 2 + ax[None, None, :] ** 2) < radius**2).float()
         return F.conv3d(masks.float()[:, None], kernel[None, None], padding=r)[:, 0] > 0
@@ -131,8 +131,8 @@ def otsu_threshold(m: Tensor, nbins: int = 256) -> Tensor:
     width = (hi - lo) / nbins
     safe = torch.where(width > 0, width, torch.ones_like(width))
     idx = ((flat - lo[:, None]) / safe[:, None]).floor().clamp(0, nbins - 1).long()
-    hist = torch.zeros(b, nbins, dtype=torch.float64).scatter_add_(1, idx, torch.ones_like(flat))
-    centres = lo[:, None] + (torch.arange(nbins, dtype=torch.float64)[None] + 0.5) * width[:, None]
+    hist = torch.zeros(b, nbins, dtype=torch.float64, device=m.device).scatter_add_(1, idx, torch.ones_like(flat))
+    centres = lo[:, None] + (torch.arange(nbins, dtype=torch.float64, device=m.device)[None] + 0.5) * width[:, None]
     w1 = hist.cumsum(1)
     w2 = hist.flip(1).cumsum(1).flip(1)
     m1 = (hist * centres).cumsum(1) / w1.clamp_min(1e-300)

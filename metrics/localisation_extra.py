@@ -73,7 +73,7 @@ def map_and_boxes(attr: Attribution, batch: Batch, who: str) -> tuple[Tensor, Te
     m = _map(attr, who)
     if batch.boxes is None or len(batch.boxes) != m.shape[0]:
         raise ValueError(f"{who}: needs batch.boxes, one (k, 4) tensor per sample")
-    return m, boxes_to_masks(batch.boxes, tuple(m.shape[1:]))
+    return m, boxes_to_masks(batch.boxes, tuple(m.shape[1:])).to(m.device)
 
 
 def _scores(score: Tensor, conds: list[tuple[Tensor, str]]) -> MetricScores:

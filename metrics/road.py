@@ -79,14 +79,14 @@ def road_curve(model: nn.Module, x: Tensor, m: Tensor, target: Tensor, seeds: li
     counts = torch.tensor([round(p * h * w) for p in percentages], device=x.device)
     n_p = len(percentages)
     eps = per_sample_randn(seeds, (n_p, c, h, w), dtype=x.dtype, device=x.device) * noise
-    out = torch.empty(b * n_p, dtype=torch.float32)
+    out = torch.empty(b * n_p, dtype=torch.float32, device=x.device)  # stays on the device: no per-chunk sync
     jobs = torch.arange(b * n_p, device=x.device)
     with model_guard(model), torch.no_grad():
         for chunk in jobs.split(batch_size):
             bi, pi = chunk // n_p, chunk % n_p
             removed = (rank[bi] < counts[pi][:, None]).reshape(-1, h, w)
             imgs = linear_impute(x[bi], removed) + removed[:, None] * eps[bi, pi]
-            out[chunk.cpu()] = select_output(model(imgs), target[bi.cpu()], output).cpu()
+            out[chunk] = select_output(model(imgs), target.to(x.device)[bi], output)
     return out.reshape(b, n_p)
 
 
