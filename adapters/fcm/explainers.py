@@ -219,7 +219,7 @@ class SmoothGradient(ClassGradient):
         for k in range(n):
             g = torch.Generator().manual_seed(s.seed * 100003 + k)
             # drawn in float32 whatever the input dtype: float64 inputs get the same noise (then cast)
-            unit = torch.rand((1, *inputs.shape[1:]), generator=g, dtype=torch.float32).to(inputs.dtype)
+            unit = torch.rand((1, *inputs.shape[1:]), generator=g, dtype=torch.float32).to(inputs.device, inputs.dtype)
             noise = lo + (hi - lo) * unit
             total += self.gradient(inputs + noise, t, sel, labels)[0]
         extras = {"selection": sel, "predicted": predicted, "target": t}
