@@ -59,10 +59,10 @@ def random_baseline(like: Attribution, batch: Batch, seed: int = 0, *, grid: int
     if like.kind == "pixel":
         h, w = v.shape[-2:]
         low = torch.stack([_rand((grid, grid), seed, s) for s in _ids(batch)])
-        values = _pixel_from_tokens(low, (grid, grid), (h, w))
+        values = _pixel_from_tokens(low, (grid, grid), (h, w)).to(v.device)  # drawn on the CPU: same on every device
     else:
         signed = like.kind == "event_vector"
-        values = torch.stack([_rand(tuple(v.shape[1:]), seed, s, signed) for s in _ids(batch)])
+        values = torch.stack([_rand(tuple(v.shape[1:]), seed, s, signed) for s in _ids(batch)]).to(v.device)
         if like.kind == "token":
             extras["grid"] = like.extras["grid"]
             if "pixel" in like.extras:
@@ -84,17 +84,17 @@ def centre_baseline(like: Attribution, batch: Batch, seed: int = 0, *, sigma: fl
     Args:
         sigma: the Gaussian's standard deviation as a fraction of the image (volume) side.
     """
-    b = like.batch_size
+    b, dev = like.batch_size, like.values.device
     if like.kind in ("pixel", "voxel"):
         sides = tuple(like.values.shape[1:])
-        return Attribution(values=_gauss(*sides, sigma=sigma).expand(b, *sides).clone(), kind=like.kind,
+        return Attribution(values=_gauss(*sides, sigma=sigma).to(dev).expand(b, *sides).clone(), kind=like.kind,
                            method="baseline.centre", params={"sigma": sigma})
     if like.kind == "token":
         gh, gw = like.extras["grid"]
-        tok = _gauss(gh, gw, sigma=sigma).reshape(1, -1).expand(b, -1).clone()
+        tok = _gauss(gh, gw, sigma=sigma).to(dev).reshape(1, -1).expand(b, -1).clone()
         extras = {"grid": (gh, gw)}
         if "pixel" in like.extras:
             h, w = like.extras["pixel"].shape[-2:]
-            extras["pixel"] = _gauss(h, w, sigma=sigma).expand(b, h, w).clone()
+            extras["pixel"] = _gauss(h, w, sigma=sigma).to(dev).expand(b, h, w).clone()
         return Attribution(values=tok, kind="token", method="baseline.centre", params={"sigma": sigma}, extras=extras)
     return None
