@@ -1,4 +1,4 @@
-"""ViT explainers on patch tokens: raw attention, attention rollout, the Chefer rule, GradCAM.
+"""ViT explainers on patch tokens: raw attention, attention rollout, Chefer ICCV'21 (grad×attn), GradCAM.
 
 Every explainer returns a ``token`` :class:`~xaibench.Attribution` (B, h·w) over the patch
 tokens with ``extras["grid"] = (h, w)``, ``extras["pixel"]`` (B, H, W) bilinearly upsampled
@@ -194,7 +194,11 @@ class AttentionRollout(TokenExplainer):
 
 @register_explainer("vit.chefer")
 class CheferGeneric(TokenExplainer):
-    """Chefer et al. (ICCV 2021) generic rule: gradient-weighted attention accumulated over blocks.
+    """Chefer ICCV'21 (grad×attn): generic attention explainability, gradient-weighted attention over blocks.
+
+    Chefer, Gur & Wolf, "Generic Attention-model Explainability for Interpreting Bi-Modal and
+    Encoder-Decoder Transformers", ICCV 2021. Not the CVPR'21 LRP method (that is
+    ``vit.chefer_lrp``): no relevance propagation, only attention maps and their gradients.
 
     R = I; for each block from ``start_layer``: Ā = mean_heads(clamp(∂y/∂A ⊙ A, min=0)),
     R ← R + Ā R; the map is R's readout rows on the patches. What it shows: class-specific

@@ -93,7 +93,11 @@ def _check_supported(model: nn.Module, who: str) -> None:
 
 @register_explainer("vit.chefer_lrp")
 class CheferLRP(TokenExplainer):
-    """Chefer et al. (CVPR 2021): LRP relevance of each block's attention × its gradient, rolled out.
+    """Chefer CVPR'21 (LRP): LRP relevance × gradient of each block's attention, rolled out.
+
+    Chefer, Gur & Wolf, "Transformer Interpretability Beyond Attention Visualization", CVPR 2021.
+
+    Not the ICCV'21 generic gradient×attention rule (that is ``vit.chefer``).
 
     What it shows: class-specific relevance that, unlike raw attention, accounts for the
     values, the MLPs and the residual stream through LRP. Pitfalls: only plain timm ViTs
