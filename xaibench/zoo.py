@@ -305,3 +305,37 @@ def evaluate_accuracy(model: nn.Module, batches: Any) -> float:
         total += len(batch)
     model.train(was)
     return correct / max(total, 1)
+
+
+def train_on_shuffled_labels(entry: ZooEntry, model: nn.Module, seed: int) -> dict[str, Any]:
+    """Train ``model`` on a fixed, seeded set of ``entry.dataset`` whose labels are a seeded
+    permutation of the true ones: the data-randomisation reference of Adebayo et al. (Sanity
+    checks for saliency maps, NeurIPS 2018). The model can only memorise, so the maps of a
+    method that explains the model should share little with its maps of the model trained on
+    the true labels.
+
+    ``entry.extra``: ``n_train``, ``epochs``, ``lr``, ``batch_size``, ``dataset_params``. The card
+    holds ``shuffled_label_accuracy`` (how far it memorised its training labels, eval mode),
+    ``val_accuracy`` on true labels (chance level expected) and ``label_agreement`` (the share of
+    permuted labels that happen to equal the true ones).
+    """
+    from .data import create_dataset
+    from .types import Batch
+
+    ex = entry.extra
+    params = dict(ex.get("dataset_params", {}))
+    n = int(ex["n_train"])
+    pool = create_dataset(entry.dataset, n=n, batch_size=n, seed=seed, split="train", **params).all()
+    labels = pool.targets[torch.randperm(n, generator=torch.Generator().manual_seed(seed * 31 + 7))]
+    bs = int(ex.get("batch_size", 32))
+
+    def batches(epoch: int) -> list[Batch]:
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 7919 + epoch))
+        return [Batch(inputs=pool.inputs[i], targets=labels[i]) for i in order.split(bs)]
+
+    val = create_dataset(entry.dataset, n=ex.get("n_val", 256), batch_size=128, seed=seed, split="val", **params)
+    out = train_classifier(model, batches, val, epochs=int(ex["epochs"]), lr=ex.get("lr", 3e-3), seed=seed,
+                           desc=f"zoo train {entry.name}")
+    out.update(shuffled_label_accuracy=evaluate_accuracy(model, batches(0)), n_train=n,
+               label_agreement=float((labels == pool.targets).float().mean()))
+    return out
