@@ -6,7 +6,9 @@
     xaibench report RUN
     xaibench baseline RUN [--out FILE] [--tolerance METRIC=TOL ...]
     xaibench regress RUN --baseline FILE [--allow-missing] [--allow-mismatch] [--significant]
-    xaibench explain --model ZOO_NAME --method KEY [--dataset NAME] [--index I | --image PNG] [--out PNG]
+    xaibench explain --model ZOO_NAME --method KEY [--dataset NAME] [--index I | --image PNG] [--out PNG|DIR]
+                     [--option KEY=VALUE ...]   (MIL models: GeoJSON, graph HTML, attention JSON in DIR)
+    xaibench shap --model ZOO_NAME [--dataset NAME] [--n N] [--out DIR] [--param KEY=VALUE ...]
     xaibench zoo list | xaibench zoo train NAME | --all
 
 Errors print one line to stderr and exit 2 (set ``XAIBENCH_DEBUG=1`` for the traceback);
@@ -295,22 +297,59 @@ def explain_cmd(
     size: Optional[int] = typer.Option(None, "--size", help="resize --image to SIZE×SIZE (default: the dataset's size)"),
     target: Optional[int] = typer.Option(None, "--target", help="class to explain (default: predicted)"),
     param: List[str] = typer.Option([], "--param", "-p", help="explainer setting KEY=VALUE (JSON value)"),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="output PNG"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="output PNG (MIL models: output folder)"),
+    option: List[str] = typer.Option([], "--option", "-O",
+                                     help="output setting KEY=VALUE (JSON) of MIL models: visualization_mode=all|geojson|"
+                                          "graph, visualize_cell_types=true, color_scheme=[[r,g,b],[r,g,b]], k=6"),
 ) -> None:
-    """Explain one input with one method and write a PNG of the map over the input."""
+    """Explain one input with one method and write a PNG of the map over the input.
+
+    For MIL models (``mil_*``): the slide's GeoJSON (QuPath), interactive graph HTML and
+    attention weights / statistics JSON in the ``--out`` folder (``-O visualization_mode=...``).
+    """
     from xaibench.report.explain import explain_one
 
     with _handled():
-        params = {}
-        for p in param:
-            k, sep, v = p.partition("=")
-            if not sep:
-                raise ValueError(f"--param expects KEY=VALUE, got {p!r}")
-            params[k.strip()] = _parse_value(v)
         path, text = explain_one(model, method, dataset=dataset, index=index, image=image, size=size,
-                                 target=target, params=params, out=out)
+                                 target=target, params=_key_values(param, "--param"), out=out,
+                                 options=_key_values(option, "--option"))
         typer.echo(text)
-        typer.echo(f"overlay: {path}")
+        typer.echo(f"{'overlay' if path.suffix == '.png' else 'outputs'}: {path}")
+
+
+def _key_values(items: List[str], flag: str) -> dict[str, Any]:
+    out = {}
+    for p in items:
+        k, sep, v = p.partition("=")
+        if not sep:
+            raise ValueError(f"{flag} expects KEY=VALUE, got {p!r}")
+        out[k.strip()] = _parse_value(v)
+    return out
+
+
+@app.command("shap")
+def shap_cmd(
+    model: str = typer.Option(..., "--model", "-m", help="zoo model: a MIL model (mil_*) or the FCM ReluFormer"),
+    dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="dataset (default: the zoo model's)"),
+    n: int = typer.Option(20, "--n", help="slides (MIL) or samples (FCM) whose cells are pooled"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="output folder (default: shap_<model>)"),
+    param: List[str] = typer.Option([], "--param", "-p",
+                                    help="analysis setting KEY=VALUE (JSON): num_bins, samples_per_bin, "
+                                         "explainer_type=gradient|deep|kernel, background_percentage, ..."),
+) -> None:
+    """SHAP of the attention module: which cell features (markers) drive attention, over a dataset.
+
+    Writes ``top_features.csv``, ``shap_values.safetensors`` and per head ``feature_importance_bar.png``,
+    ``beeswarm_plot.png`` and ``feature_distribution_top20.html``; every setting of the analysis (the
+    MIL toolkit's SHAPExplainerConfig) is a ``--param``.
+    """
+    from xaibench.analyses import run_analysis
+
+    with _handled():
+        folder, text = run_analysis("attention_shap", model, dataset=dataset, n=n, out=out,
+                                    params=_key_values(param, "--param"))
+        typer.echo(text)
+        typer.echo(f"outputs: {folder}")
 
 
 # ----------------------------------------------------------------------------- zoo

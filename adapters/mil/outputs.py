@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from xaibench import Attribution, Batch
+from xaibench.report.explain import register_explain_writer
 from xaibench.util import atomic_write_text
 
 from .explainers import attention_stats, normalize
@@ -211,3 +212,27 @@ def write_explanation(attr: Attribution, batch: Batch, out_dir: str | Path, inde
     atomic_write_text(paths["weights"], json.dumps(weights, indent=1))
     atomic_write_text(paths["metadata"], json.dumps(meta, indent=1, default=str))
     return paths
+
+
+@register_explain_writer("mil")
+def explain_writer(model: str, net: torch.nn.Module, method: str, batch: Batch, attr: Attribution,
+                   out: str | Path | None, *, visualization_mode: VisualizationMode = "all",
+                   color_scheme: Sequence[Sequence[int]] = DEFAULT_COLORS, visualize_cell_types: bool = False,
+                   k: int = 6, cell_radius: float = 4.0) -> tuple[Path, str]:
+    """``xaibench explain`` for MIL zoo models: :func:`write_explanation` of slide 0 of ``batch``
+    (default: every output) to ``out`` (default ``explain_<model>_<method>_<slide>/``)."""
+    if attr.kind != "event":
+        raise ValueError(f"explain: {method} gives {attr.kind!r} attributions; the slide outputs need one weight per "
+                         "cell: use mil.attention (attention_head=H for one head, class_index=C for one class)")
+    sid = str(batch.ids[0]) if batch.ids else "slide_0"
+    stem = "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in f"explain_{model}_{method}_{sid}")
+    folder = Path(out) if out is not None else Path(stem)
+    paths = write_explanation(attr, batch, folder, 0, visualization_mode=visualization_mode, color_scheme=color_scheme,
+                              visualize_cell_types=visualize_cell_types, k=k, cell_radius=cell_radius)
+    with torch.no_grad():
+        probs = net(batch.inputs).softmax(-1)[0]
+    pred = int(probs.argmax())
+    label = f", label {int(batch.targets[0])}" if batch.targets is not None else ""
+    n = int((~torch.isnan(batch.inputs[0]).all(-1)).sum())
+    return folder, (f"{model} predicted class {pred} (p = {float(probs[pred]):.3f}){label}; {method} "
+                    f"({attr.params.get('normalization')}) over {n} cells -> {', '.join(p.name for p in paths.values())}")

@@ -49,6 +49,7 @@ import torch
 from torch import Tensor, nn
 
 from xaibench import Batch, register_explainer
+from xaibench.analyses import register_analysis
 from xaibench.explainers import Explainer, Target, model_guard
 from xaibench.settings import Settings, validate
 from xaibench.types import Attribution
@@ -506,3 +507,50 @@ class AttentionShap(Explainer):
         if batch.instance_labels is not None:
             extras["labels"] = batch.instance_labels.bool()
         return attr.replace(extras=extras)
+
+
+# ----------------------------------------------------------------------------- `xaibench shap`
+
+def _zoo_data(model: str, dataset: str | None, n: int, **defaults: Any) -> tuple[nn.Module, Batch]:
+    from xaibench import create_dataset, zoo
+
+    entry = zoo.get_entry(model)
+    name = dataset or entry.dataset
+    params = {**defaults, **entry.extra.get("dataset_params", {})} if name == entry.dataset else {}
+    return zoo.load(model), create_dataset(name, n=n, batch_size=n, seed=0, split="test", **params).all()
+
+
+def _summary(model: str, res: ShapResult, what: str, s: dict[str, Any]) -> str:
+    head = "mean" if "mean" in res.top else next(iter(res.top))
+    return (f"{model}: SHAP ({s.get('explainer_type', 'gradient')}) of the attention score over {len(res.cells)} "
+            f"explained {what}; top features ({head} head): {', '.join(res.top[head][:5])}")
+
+
+@register_analysis("mil.attention_shap")
+def mil_attention_shap(model: str, *, dataset: str | None = None, n: int = 20, out: str | Path | None = None,
+                       **settings: Any) -> tuple[Path, str]:
+    """``xaibench shap`` for MIL zoo models: :func:`analyse_attention` over every cell of ``n`` test
+    slides (``settings``: :class:`ShapSettings`), files in ``out`` (default ``shap_<model>/``)."""
+    from .train import N_CELLS
+
+    net, batch = _zoo_data(model, dataset, n, n_cells=N_CELLS)
+    folder = Path(out) if out is not None else Path(f"shap_{model}")
+    res = analyse_attention(net, [batch], folder, **settings)
+    return folder, _summary(model, res, f"cells of {n} slides", settings)
+
+
+@register_analysis("fcm.attention_shap")
+def fcm_attention_shap(model: str, *, dataset: str | None = None, n: int = 20, out: str | Path | None = None,
+                       n_queries: int = 1000, **settings: Any) -> tuple[Path, str]:
+    """``xaibench shap`` for the FCM ReluFormer: which markers drive each layer-0 head's attention
+    (:func:`fcm_attention_module`, queries: up to ``n_queries`` blasts of the test sample with the
+    most blasts) over the events of ``n`` test samples, files in ``out`` (default ``shap_<model>/``)."""
+    net, batch = _zoo_data(model, dataset, n)
+    if batch.instance_labels is None:
+        raise ValueError(f"shap: {model} on {dataset or 'its dataset'}: the samples carry no event labels to query with")
+    ref = int(batch.instance_labels.sum(1).argmax())
+    module = fcm_attention_module(net, batch.inputs[ref], batch.instance_labels[ref], n_queries=n_queries)
+    markers = list(batch.meta.get("markers") or [f"m{i}" for i in range(batch.inputs.shape[-1])])
+    folder = Path(out) if out is not None else Path(f"shap_{model}")
+    res = run_analysis(module, batch.inputs.reshape(-1, batch.inputs.shape[-1]), markers, folder, **settings)
+    return folder, _summary(model, res, f"events of {n} samples", settings)

@@ -1,4 +1,9 @@
-"""One input, one method, one PNG: what ``xaibench explain`` draws."""
+"""One input, one method, one PNG: what ``xaibench explain`` draws.
+
+Models whose inputs are not images (bags of cells, event sets) write what their family
+registers with :func:`register_explain_writer` under the family name (``"mil"``: GeoJSON,
+an interactive graph, attention weights and statistics); the core imports no family.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +15,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..registry import Registry, load_plugins
 from .figures import _image, new_figure, overlay, save
+
+#: ``fn(model, net, method, batch, attr, out, **options) -> (path, text)``: writes the explanation
+#: of sample 0 of ``batch`` by a zoo model ``model`` (its module ``net``) to the folder ``out``
+#: (None: the writer's default) and returns the folder and a one-line description. Keyed by the
+#: family of the zoo model's registry key (``"mil"`` for ``mil.abmil``).
+EXPLAIN_WRITERS: Registry[Any] = Registry("explain writer", settings=False)
+
+#: ``@register_explain_writer("mil")``: decorator registering a family's explanation writer.
+register_explain_writer = EXPLAIN_WRITERS.register
 
 
 def read_image(path: str | Path, channels: int = 3, size: int | None = None) -> torch.Tensor:
@@ -54,14 +69,16 @@ def _dataset_size(name: str, params: dict[str, Any]) -> int | None:
 
 def explain_one(model: str, method: str, *, dataset: str | None = None, index: int = 0, image: str | Path | None = None,
                 size: int | None = None, target: int | None = None, params: dict[str, Any] | None = None,
-                out: str | Path | None = None) -> tuple[Path, str]:
-    """Explain one sample (a dataset sample or a user's image) with a zoo model; write the overlay PNG.
+                out: str | Path | None = None, options: dict[str, Any] | None = None) -> tuple[Path, str]:
+    """Explain one sample (a dataset sample or a user's image) with a zoo model; write the overlay PNG
+    (or, for a family with a registered explanation writer, its files; ``options`` go to the writer).
 
     Returns:
-        the PNG path and a one-line description (prediction, explained class).
+        the PNG path (the writer's folder) and a one-line description (prediction, explained class).
 
     Raises:
-        KeyError: unknown zoo model, method or dataset; ValueError: inputs are not images.
+        KeyError: unknown zoo model, method or dataset; ValueError: inputs are not images and the
+        model's family registers no writer, or ``options`` without a writer.
     """
     from .. import create_dataset, create_explainer, zoo
     from ..types import Batch
@@ -82,6 +99,15 @@ def explain_one(model: str, method: str, *, dataset: str | None = None, index: i
         batch = ds.collate([ds.sample(index)]) if hasattr(ds, "sample") and hasattr(ds, "collate") else list(ds)[index]
         label = int(batch.targets[0]) if batch.targets is not None else None
         what = f"{dataset} sample {index}"
+    family = entry.model.split(".")[0]
+    load_plugins()
+    if batch.inputs.ndim != 4 and family in EXPLAIN_WRITERS.names():
+        attr = create_explainer(method, net, **(params or {})).explain_batch(batch, target)
+        path, text = EXPLAIN_WRITERS.get(family)(model, net, method, batch, attr, out, **(options or {}))
+        return Path(path), f"{what}: {text}"
+    if options:
+        raise ValueError(f"explain: --option is for models that write files of their own (families "
+                         f"{', '.join(EXPLAIN_WRITERS.names()) or 'none'}), not {model!r}")
     if batch.inputs.ndim != 4:
         raise ValueError(f"explain: {dataset!r} gives inputs of shape {tuple(batch.inputs.shape)}, not images "
                          "(B, C, H, W); overlays need images")
