@@ -16,7 +16,7 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check torch==2.14.1 torchvision==0.29.1
-	$(PY) -m pip install -q --disable-pip-version-check -e ".[test,medical,excel]"
+	$(PY) -m pip install -q --disable-pip-version-check -e ".[test,medical,excel,ray]"
 	# the real St. Anna B-ALL FCS file ships in fcsparser 0.2.8, which pins numpy<2: data only, no deps
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps fcsparser==0.2.8 || echo "fcsparser 0.2.8 unavailable: the real-FCS smoke test will be skipped"
 	touch $(STAMP)

@@ -2,7 +2,9 @@
 
     xaibench list [explainers|metrics|datasets|models|zoo|baselines|benchmarks] [PATTERN] [--details]
     xaibench schema [--out FILE]
-    xaibench run [CONFIG|NAME] [--out DIR] [--resume] [--force] [--n-samples N] [--quiet]
+    xaibench run [CONFIG|NAME] [--out DIR] [--resume] [--force] [--n-samples N] [--quiet] [--device D]
+                 [--executor local|ray [--address ADDR] [--workers N] [--gpus-per-worker G]]
+    xaibench plan [CONFIG|NAME] [--from RUN] [--scale KEY=VALUE ...]
     xaibench report RUN
     xaibench baseline RUN [--out FILE] [--tolerance METRIC=TOL ...]
     xaibench regress RUN --baseline FILE [--allow-missing] [--allow-mismatch] [--significant]
@@ -170,8 +172,15 @@ def run_cmd(
     force: bool = typer.Option(False, "--force", help="delete earlier results in --out first"),
     n_samples: Optional[int] = typer.Option(None, "--n-samples", help="override every study's n_samples"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
-    executor: str = typer.Option("local", "--executor", help="registered executor"),
+    executor: str = typer.Option("local", "--executor", help="local (in this process) or ray (cells as Ray tasks)"),
     report: bool = typer.Option(True, "--report/--no-report", help="build the report files at the end"),
+    device: Optional[str] = typer.Option(None, "--device",
+                                         help="auto, cpu, cuda, cuda:N or mps (default: the file's device, else cpu)"),
+    address: Optional[str] = typer.Option(None, "--address",
+                                          help="ray: a running cluster (auto, host:6379, ray://host:10001); "
+                                               "default: start a local Ray"),
+    workers: Optional[int] = typer.Option(None, "--workers", help="ray: worker processes (default: one per CPU)"),
+    gpus_per_worker: float = typer.Option(0.0, "--gpus-per-worker", help="ray: GPUs each worker reserves"),
 ) -> None:
     """Run a benchmark and write its report (results.db, results.csv, summary.csv, report.html)."""
     from xaibench.runner import run_benchmark
@@ -179,8 +188,12 @@ def run_cmd(
     with _handled():
         if resume and force:
             raise ValueError("--resume and --force exclude each other: resume keeps results, force deletes them")
+        options = {k: v for k, v in (("address", address), ("workers", workers),
+                                     ("gpus_per_worker", gpus_per_worker or None)) if v is not None}
+        if options and executor != "ray":
+            raise ValueError(f"--{'/--'.join(k.replace('_', '-') for k in options)} only apply to --executor ray")
         res = run_benchmark(config, out, resume=resume, force=force, n_samples=n_samples, quiet=quiet,
-                            executor=executor, report=report)
+                            executor=executor, report=report, device=device, executor_options=options)
         typer.echo(f"{res.config.name}: {res.n_run} cells run, {res.n_resumed} already done, "
                    f"{res.seconds:.1f} s; results in {res.run_dir / 'results.db'}")
         if report:
@@ -191,6 +204,21 @@ def run_cmd(
         _err(f"{res.n_failed} of {res.n_cells} cells failed (recorded in the report); fix the cause and rerun with "
              "--resume: only failed and missing cells run again")
         raise typer.Exit(1)
+
+
+@app.command("plan")
+def plan_cmd(
+    config: Optional[str] = typer.Argument(None, help="benchmark TOML file or built-in name (default: 'default')"),
+    from_run: Optional[Path] = typer.Option(None, "--from", help="price cells by this run's measured costs"),
+    scale: List[str] = typer.Option([], "--scale", "-s",
+                                    help="KEY=VALUE: n_samples, workers, speed, seconds_per_forward, setup_seconds"),
+    device: Optional[str] = typer.Option(None, "--device", help="label the hours as this device's (cpu, cuda, ...)"),
+) -> None:
+    """Estimate a grid's cost before running it: cells, forward passes, CPU/GPU hours, wall time."""
+    from xaibench.plan import plan_benchmark
+
+    with _handled():
+        typer.echo(plan_benchmark(config, from_run=from_run, scale=scale, device=device).format())
 
 
 @app.command("report")

@@ -38,6 +38,7 @@ from ..store import (
     save_examples,
 )
 from .config import BenchmarkConfig, Cell, expand, load_config
+from . import ray_executor  # noqa: F401  (registers the "ray" executor; Ray itself is imported on use)
 from .executor import create_executor, make_jobs
 from .preflight import check_grid
 from .work import RunContext, check_device_name, execute_job, resolve_device
@@ -298,7 +299,8 @@ def run_benchmark(
 
             with prog.show():
                 runner.run(make_jobs(todo), functools.partial(execute_job, ctx), commit, prog.batch)
-            store.set_meta(finished_at=now(), n_failed=len(failed))
+            # the whole call's seconds (config checks and loading included, the report not): what `plan` prices
+            store.set_meta(finished_at=now(), n_failed=len(failed), run_seconds=time.perf_counter() - t0)
         finally:
             store.close()
         paths: dict[str, Path] = build_report(run_dir, quiet=quiet) if report else {}

@@ -1,0 +1,198 @@
+"""The Ray executor: a local Ray with 2 CPUs gives the local executor's results table row for row,
+also when a worker dies mid-cell, and a run whose driver was SIGKILLed resumes as locally.
+
+One Ray instance serves the whole module (starting Ray costs ~10 s on a loaded 2-core machine).
+Reference in every test: the same grid run by the local, in-process executor.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from xaibench.runner import Store, parse_config, run_benchmark
+from xaibench.runner.config import expand
+from xaibench.runner.ray_executor import (
+    MissingExtraError,
+    cell_from_data,
+    cell_to_data,
+    import_ray,
+    result_from_data,
+    result_to_data,
+)
+
+TESTS = Path(__file__).resolve().parent
+#: every column but the timings
+COMPARE = ["run", "study", "dataset", "model", "explainer", "explainer_key", "metric", "metric_key", "sample_index",
+           "sample_id", "score", "undefined_reason", "protocol", "explainer_params", "direction", "category",
+           "is_baseline", "seed", "config_hash"]
+
+
+def table(run_dir: Path) -> pd.DataFrame:
+    with Store.open(run_dir) as st:
+        return st.results()[COMPARE]
+
+
+def grid(marker: Path) -> dict:
+    """Two jobs (two models), an explainer whose worker dies once, baselines; small and quick."""
+    return {
+        "name": "raygrid", "seed": 5,
+        "study": [{
+            "name": "s", "datasets": ["lesions"],
+            "models": [{"model": "cnn.small_resnet", "label": "a"},
+                       {"model": "cnn.small_resnet", "label": "b", "params": {"channels": [8, 16, 32, 32]}}],
+            "explainers": ["cnn.gradcam",
+                           {"name": "raytest.flaky_gradcam", "label": "flaky", "params": {"marker": str(marker)}}],
+            "metrics": ["pointing_game", "iou", "relevance_mass"], "n_samples": 6, "batch_size": 3,
+            "baselines": ["random"],
+        }],
+    }
+
+
+# ----------------------------------------------------------------------------- no Ray needed
+
+def test_cells_and_results_cross_as_plain_data(tmp_path):
+    # reference: the driver's own Cell / CellResult objects
+    import json
+
+    import test_ray_plugin  # noqa: F401  (registers raytest.flaky_gradcam)
+    from xaibench.runner.work import RunContext, execute_job
+    from xaibench.runner.executor import make_jobs
+
+    cfg = parse_config(grid(tmp_path / "m"))
+    cells = expand(cfg)
+    for c in cells:
+        d = cell_to_data(c)
+        json.dumps(d)  # nothing but plain data
+        assert cell_from_data(d) == c
+    (tmp_path / "m").write_text("x")
+    job = make_jobs(cells)[0]
+    res = next(execute_job(RunContext("r", cfg.hash, cfg.seed), job, lambda *_: None))
+    d = result_to_data(res)
+    assert isinstance(d["examples"]["tensors"], bytes) and isinstance(d["examples"]["tree"], str)
+    back = result_from_data(d)
+    assert back.rows == res.rows and back.key == res.key and back.forwards == res.forwards > 0
+    import torch
+    assert torch.equal(back.examples["values"], res.examples["values"])
+
+
+def test_missing_ray_says_how_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError
+    with pytest.raises(MissingExtraError, match=r"pip install 'xaibench\[ray\]'"):
+        import_ray()
+    from typer.testing import CliRunner
+
+    from xaibench.cli import app
+    out = CliRunner().invoke(app, ["run", "default", "--executor", "ray", "--out", "/nonexistent/x"])
+    assert out.exit_code == 2 and "pip install 'xaibench[ray]'" in out.output
+
+
+# ----------------------------------------------------------------------------- with Ray
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'xaibench[ray]')")
+    import test_ray_plugin  # noqa: F401  (the driver registers it; workers import it by module name)
+    from xaibench.runner.ray_executor import start_local_ray
+
+    old = os.environ.get("PYTHONPATH")
+    # workers of every driver connecting later (the subprocess below) find the test plugin too
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(TESTS), old) if p)
+    start_local_ray(2)
+    try:
+        yield ray.get_runtime_context().gcs_address
+    finally:
+        ray.shutdown()
+        if old is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = old
+
+
+def test_ray_table_equals_local_even_when_a_worker_dies_mid_cell(ray_cluster, tmp_path):
+    marker = tmp_path / "died-once"
+    cfg = parse_config(grid(marker))
+    marker.write_text("local")  # the local reference must not die
+    local = run_benchmark(cfg, tmp_path / "local", quiet=True, report=False)
+    marker.unlink()
+    remote = run_benchmark(cfg, tmp_path / "ray", quiet=True, report=False, executor="ray")
+    assert marker.exists(), "the flaky explainer never ran in a worker"
+    assert int(marker.read_text()) != os.getpid(), "the cell ran in the driver, not in a Ray worker"
+    assert local.n_failed == 0 and remote.n_failed == 0, remote.failed
+    assert remote.n_run == local.n_run == len(expand(cfg))
+    a, b = table(tmp_path / "local"), table(tmp_path / "ray")
+    assert len(a) == 2 * (2 + 1) * 3 * 6
+    pd.testing.assert_frame_equal(a, b)
+    with Store.open(tmp_path / "ray") as st:
+        meta = st.get_meta()
+        cells = st.cells()
+    assert meta["executor"] == "ray" and meta["devices"] == ["cpu"] and meta["dtypes"] == ["float32"]
+    assert (cells["status"] == "done").all()
+    # the example maps came back from the workers as safetensors bytes and were written by the driver
+    assert sorted(p.name for p in (tmp_path / "ray" / "examples").iterdir()) == \
+        sorted(p.name for p in (tmp_path / "local" / "examples").iterdir())
+
+
+KILL_TOML = """
+name = "raykill"
+seed = 2
+[[study]]
+name = "slow"
+datasets = ["lesions"]
+models = [{model = "cnn.small_resnet", label = "a"}, {model = "cnn.small_resnet", label = "b"}]
+explainers = ["cnn.gradcam", "cnn.hirescam", {name = "cnn.hirescam", label = "hires2", params = {layer = "layer2"}}]
+metrics = ["pointing_game", "iou"]
+n_samples = 8
+batch_size = 8
+"""
+
+
+def _done(db: Path) -> int:
+    import sqlite3
+    if not db.exists():
+        return 0
+    try:
+        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+        try:
+            return int(con.execute("SELECT COUNT(*) FROM cells WHERE status = 'done'").fetchone()[0])
+        finally:
+            con.close()
+    except sqlite3.OperationalError:
+        return 0
+
+
+def test_resume_after_the_driver_is_killed(ray_cluster, tmp_path):
+    cfg_path = tmp_path / "kill.toml"
+    cfg_path.write_text(KILL_TOML)
+    total = 2 * (3 + 2)
+    env = {**os.environ, "XAIBENCH_QUIET": "1"}
+    cmd = [sys.executable, "-c", "from xaibench.cli import main; main()", "run", str(cfg_path), "--out",
+           str(tmp_path / "kill"), "--no-report", "--executor", "ray", "--address", ray_cluster, "--workers", "1"]
+    victim = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    db = tmp_path / "kill" / "results.db"
+    deadline = time.time() + 240
+    try:
+        while _done(db) < 1:
+            assert victim.poll() is None, f"the run ended before it could be killed: {victim.stderr.read().decode()}"
+            assert time.time() < deadline, "no cell finished in time"
+            time.sleep(0.02)
+        victim.send_signal(signal.SIGKILL)
+        victim.wait(30)
+    finally:
+        if victim.poll() is None:
+            victim.kill()
+    n_done = _done(db)
+    assert 1 <= n_done < total, f"killed after {n_done} of {total} cells"
+    resumed = run_benchmark(cfg_path, tmp_path / "kill", resume=True, quiet=True, report=False, executor="ray")
+    assert resumed.n_resumed == n_done and resumed.n_run == total - n_done and resumed.n_failed == 0
+    run_benchmark(cfg_path, tmp_path / "ref", quiet=True, report=False)
+    a, b = table(tmp_path / "ref"), table(tmp_path / "kill")
+    assert len(a) == total * 2 * 8
+    pd.testing.assert_frame_equal(a, b)
