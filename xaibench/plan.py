@@ -26,6 +26,7 @@ Scaling keys (``--scale KEY=VALUE``):
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import statistics
@@ -268,7 +269,8 @@ def write_cost_table(run_dir: str | Path, out: str | Path = COST_TABLE) -> Path:
     data = {"format": "xaibench-costs/1", "measured": {
         "run": meta.get("name"), "config_hash": meta.get("config_hash"), "started_at": meta.get("started_at"),
         "wall_seconds": wall, "host": meta.get("host"), "versions": meta.get("versions"),
-        "devices": meta.get("devices")}, "setup_seconds": round(costs.setup_seconds, 3), "entries": entries}
+        "devices": meta.get("devices"), "cells": sorted(costs.by_key)},
+        "setup_seconds": round(costs.setup_seconds, 3), "entries": entries}
     from .util import atomic_write_text
     atomic_write_text(out, json.dumps(data, indent=1) + "\n")
     return Path(out)
@@ -331,9 +333,9 @@ def plan_benchmark(config: str | Path | BenchmarkConfig | None = None, *, from_r
     """
     sc = parse_scale(scale)
     n = int(sc["n_samples"]) if "n_samples" in sc else None
-    cfg = config if isinstance(config, BenchmarkConfig) else load_config(config, n_samples=n)
-    if isinstance(config, BenchmarkConfig) and n is not None:
-        cfg = load_config(config.source, n_samples=n) if config.source else config
+    cfg = config if isinstance(config, BenchmarkConfig) else load_config(config)
+    if n is not None:
+        cfg = dataclasses.replace(cfg, studies=tuple(dataclasses.replace(st, n_samples=n) for st in cfg.studies))
     run = costs_from_run(from_run) if from_run is not None else None
     tab = costs_from_table(table)
     speed, spf = sc.get("speed", 1.0), sc.get("seconds_per_forward")
