@@ -78,6 +78,7 @@ def top_k_population_share(attr: Attribution, batch: Batch, *, population: str =
 def _example():
     """Contract example: the blasts of the FCM fixture scored 1, the rest 0."""
     from xaibench.adapters.fcm.fixture import fixture_batch
+
     from xaibench.testing import MetricExample
 
     batch = fixture_batch(n=3, n_events=600)

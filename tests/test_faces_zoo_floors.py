@@ -5,17 +5,17 @@ mark follows the class as in training)."""
 import functools
 
 import pytest
+from xaibench.adapters.cnn.faces_models import IMBALANCE_COUNTS
 
 import xaibench
 from xaibench import zoo
-from xaibench.adapters.cnn.faces_models import IMBALANCE_COUNTS
 from xaibench.zoo import card_floor, evaluate_accuracy
 
 NAMES = ["face_cnn", "face_embedder", "face_cnn_shortcut", *[f"face_cnn_imb{n}" for n in IMBALANCE_COUNTS]]
 N = 100  # of the card's 500: the same faces (samples are seeded one by one), a fast subset
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def held_out(split: str, shortcut: str | None):
     params = {"shortcut": shortcut} if shortcut else {}
     return xaibench.create_dataset("faces", n=N, batch_size=N, seed=0, split=split, **params).all()

@@ -9,11 +9,11 @@ import pandas as pd
 import pytest
 import torch
 from torch import nn
+from xaibench.datasets.fcm_synthetic import POPULATIONS
+from xaibench.metrics.fcm_polygon import points_in_polygon
 
 import xaibench
 from xaibench import Attribution, Batch, create_metric
-from xaibench.datasets.fcm_synthetic import POPULATIONS
-from xaibench.metrics.fcm_polygon import points_in_polygon
 from xaibench.studies.fcm.figures import fcm_f1_gain_curve, fcm_head_populations, head_reading
 
 SHARE = create_metric("top_k_population_share", population="erythroid", head=1)
@@ -78,7 +78,7 @@ def test_relative_f1_gain_by_hand():
 
 
 def test_default_data_unchanged_and_populations_shift_on_their_own():
-    base = dict(n=2, batch_size=2, seed=5, n_events=3000)
+    base = {"n": 2, "batch_size": 2, "seed": 5, "n_events": 3000}
     a = xaibench.create_dataset("fcm_ball", **base).all()
     b = xaibench.create_dataset("fcm_ball", **base, population_shift_sd=0.0, population_gain_sd=0.0).all()
     assert torch.equal(a.inputs, b.inputs)  # zero per-population effects draw nothing: the same stream
@@ -88,7 +88,7 @@ def test_default_data_unchanged_and_populations_shift_on_their_own():
     cd45 = 5
 
     def gap(x, pop):
-        med = lambda name: x[0][pop[0] == POPULATIONS.index(name), cd45].median()  # noqa: E731
+        med = lambda name: x[0][pop[0] == POPULATIONS.index(name), cd45].median()
         return float(med("t_nk_lymphocyte") - med("granulocyte"))
 
     gaps = [gap(xaibench.create_dataset("fcm_ball", **dict(mc, seed=s)).all().inputs,

@@ -8,8 +8,9 @@ horizontal flips, by ``xaibench zoo train <name>``.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 import torch.nn.functional as F
