@@ -12,7 +12,8 @@ import torch
 
 from xaibench.testing import (
     baseline_cases, check_bad_inputs, check_baseline, check_batch_equals_singles, check_dataset, check_deterministic,
-    check_device, check_dtype_float64, check_metric, check_model_untouched, check_output, check_target_formats,
+    check_baseline_device, check_device, check_dtype_float64, check_metric, check_metric_device, check_model_untouched,
+    check_output, check_target_formats,
     dataset_cases, explainer_cases, get_fixture, metric_cases,
 )
 from xaibench.testing import _make, _targets  # internal helpers reused by the suite
@@ -81,6 +82,27 @@ def test_cuda(name, fixture):
 @pytest.mark.parametrize("name", METRIC_CASES)
 def test_metric_contract(name):
     check_metric(name)
+
+
+#: devices besides the CPU (which every test above runs on): CUDA when present
+DEVICES = ["cuda"] if torch.cuda.is_available() else []
+_NO_DEVICE = pytest.mark.skipif(not DEVICES, reason="no CUDA device")
+
+
+@_NO_DEVICE
+@pytest.mark.parametrize("device", DEVICES or ["cuda"])
+@pytest.mark.parametrize("name", METRIC_CASES)
+def test_metric_on_device(name, device):
+    # reference: the same metric on the CPU
+    check_metric_device(name, device)
+
+
+@_NO_DEVICE
+@pytest.mark.parametrize("device", DEVICES or ["cuda"])
+@pytest.mark.parametrize("name", BASELINE_CASES)
+def test_baseline_on_device(name, device):
+    # reference: the same baseline on the CPU
+    check_baseline_device(name, device)
 
 
 @pytest.mark.parametrize("name", DATASET_CASES)

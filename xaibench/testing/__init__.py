@@ -33,7 +33,7 @@ from .oracles import model_fingerprint
 __all__ = [
     "FixtureCase", "MetricExample", "register_fixture", "explainer_cases", "metric_cases", "dataset_cases",
     "baseline_cases", "check_explainer", "check_metric", "check_dataset", "check_baseline", "get_fixture",
-    "check_target_formats", "check_dtype_float64", "check_device",
+    "check_target_formats", "check_dtype_float64", "check_device", "check_metric_device", "check_baseline_device",
 ]
 
 
@@ -373,6 +373,34 @@ def check_metric(name: str) -> None:
             f"{name}: a sample's score depends on the other samples in the batch ({sub.tolist()} vs {full[idx].tolist()})")
 
 
+def _attr_to(attr: Attribution, device: str | torch.device) -> Attribution:
+    extras = {k: (v.to(device) if isinstance(v, Tensor) else v) for k, v in attr.extras.items()}
+    return attr.replace(values=attr.values.to(device), extras=extras)
+
+
+def check_metric_device(name: str, device: str = "cuda", atol: float = 1e-4) -> None:
+    """On ``device`` (attribution, batch and model moved there) a metric function returns its scores on
+    that device, and the scores equal the CPU ones within ``atol`` (NaN where the CPU gives NaN)."""
+    from ..runner.work import batch_to
+    metric = Metric(name)
+    ex = get_metric_example(name)
+    dev = torch.device(device)
+    model = None if ex.model is None else copy.deepcopy(ex.model).to(dev)
+    for attr in (ex.perfect, _random_like(ex.perfect, seed=5)):
+        ref = metric(attr, ex.batch, model=ex.model)
+        moved, batch = _attr_to(attr, dev), batch_to(ex.batch, dev)
+        kwargs = dict(metric.params)
+        if metric.info.needs_model:
+            kwargs["model"] = model
+        raw = metric.fn(moved, batch, **kwargs)
+        raw = getattr(raw, "scores", raw)
+        assert raw.device.type == dev.type, f"{name}: inputs on {device} gave scores on {raw.device}"
+        got = metric(moved, batch, model=model)
+        same_nan = torch.equal(got.isnan(), ref.isnan())
+        err = float((got - ref).nan_to_num(0).abs().max()) if len(ref) else 0.0
+        assert same_nan and err <= atol, f"{name}: scores on {device} differ from the CPU ({got.tolist()} vs {ref.tolist()})"
+
+
 # ------------------------------------------------------------------ datasets
 
 def dataset_cases() -> list[str]:
@@ -442,3 +470,20 @@ def check_baseline(name: str) -> None:
         idx = [2, 0]
         sub = fn(like.select(idx), batch.select(idx), 0)
         assert torch.equal(sub.values, out.values[idx]), f"{name}: {kind}: a sample's baseline depends on the batch"
+
+
+def check_baseline_device(name: str, device: str = "cuda") -> None:
+    """On ``device`` a baseline gives its values on that device, equal to the CPU ones (seeded noise is
+    drawn the same way whatever the device)."""
+    fn = BASELINES.get(name)
+    dev = torch.device(device)
+    for kind in KINDS:
+        like = _like(kind)
+        batch = Batch(inputs=torch.zeros(len(like.values), 1), ids=[f"s{i}" for i in range(like.batch_size)])
+        ref = fn(like, batch, 0)
+        if ref is None:
+            continue
+        out = fn(_attr_to(like, dev), dataclasses.replace(batch, inputs=batch.inputs.to(dev)), 0)
+        assert out is not None and out.values.device.type == dev.type, (
+            f"{name}: {kind} attributions on {device} gave values on {getattr(out, 'values', ref.values).device}")
+        assert torch.allclose(out.values.cpu(), ref.values, atol=1e-5), f"{name}: {kind} values on {device} differ from the CPU"
