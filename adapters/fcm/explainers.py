@@ -53,11 +53,11 @@ def check_events(model: nn.Module, inputs: Any, who: str) -> None:
     check_event_tensor(inputs, getattr(model, "n_markers", None), who)
 
 
-def class_targets(target: Target, b: int) -> Tensor:
-    """(B,) class whose per-event output is explained; None -> 1 (the positive, blast class)."""
+def class_targets(target: Target, b: int, device: torch.device | str | None = None) -> Tensor:
+    """(B,) class whose per-event output is explained, on ``device``; None -> 1 (the positive, blast class)."""
     if target is None:
-        return torch.ones(b, dtype=torch.long)
-    t = torch.as_tensor(target).long().reshape(-1)
+        return torch.ones(b, dtype=torch.long, device=device)
+    t = torch.as_tensor(target, device=device).long().reshape(-1)
     if t.numel() == 1:
         t = t.expand(b)
     if t.shape[0] != b:
@@ -75,6 +75,7 @@ def select_events(rule: Any, predicted: Tensor | None, labels: Tensor | None, wh
         labels: (B, N) per-event ground truth, or None.
     """
     shape = predicted.shape if predicted is not None else (labels.shape if labels is not None else None)
+    device = predicted.device if predicted is not None else (labels.device if labels is not None else None)
     if isinstance(rule, Tensor):
         if rule.dtype == torch.bool:
             if shape is not None and tuple(rule.shape) != tuple(shape):
@@ -82,7 +83,7 @@ def select_events(rule: Any, predicted: Tensor | None, labels: Tensor | None, wh
             return rule
         if shape is None or rule.ndim != 2:
             raise ValueError(f"{who}: an index selection must be (B, k) event indices, got {tuple(rule.shape)}")
-        return torch.zeros(shape, dtype=torch.bool).scatter_(1, rule.long(), True)
+        return torch.zeros(shape, dtype=torch.bool, device=device).scatter_(1, rule.long().to(device), True)
     if rule not in RULES:
         raise ValueError(f"{who}: unknown selection {rule!r}; expected one of {sorted(RULES)} or a (B, N) bool tensor")
     if RULES[rule] and labels is None:
@@ -90,7 +91,7 @@ def select_events(rule: Any, predicted: Tensor | None, labels: Tensor | None, wh
                          "batch.instance_labels, or pass a (B, N) bool mask")
     lab = labels.bool() if labels is not None else None
     if rule == "all":
-        return torch.ones(shape, dtype=torch.bool)
+        return torch.ones(shape, dtype=torch.bool, device=device)
     if rule == "predicted_positive":
         return predicted
     if rule in ("positive", "positives"):
@@ -177,7 +178,7 @@ class ClassGradient(EventGradient):
 
     def _explain(self, inputs: Tensor, target: Target, labels: Tensor | None) -> Attribution:
         check_events(self.model, inputs, self.name)
-        t = class_targets(target, inputs.shape[0])
+        t = class_targets(target, inputs.shape[0], inputs.device)
         g, sel, pred = self.gradient(inputs, t, self.settings.selection, labels)
         extras = {"selection": sel, "predicted": pred, "target": t}
         return self._attribution(g, **extras)
@@ -211,7 +212,7 @@ class SmoothGradient(ClassGradient):
         check_events(self.model, inputs, self.name)
         s = self.settings
         n, (lo, hi) = s.n_samples, s.noise
-        t = class_targets(target, inputs.shape[0])
+        t = class_targets(target, inputs.shape[0], inputs.device)
         with model_guard(self.model), torch.no_grad():
             predicted = self.logits(inputs).argmax(-1) == t[:, None]
         sel = select_events(s.selection, predicted, labels, self.name)
@@ -271,11 +272,11 @@ class PolygonGradient(EventGradient):
                                  "build it with task='polygon'")
             pred = polys[:, gi]
             if self.settings.query is not None:
-                q = torch.as_tensor(self.settings.query, dtype=pred.dtype)
+                q = torch.as_tensor(self.settings.query, dtype=pred.dtype, device=pred.device)
                 if q.shape != pred.shape:
                     raise ValueError(f"{self.name}: query must be (B, V, 2) = {tuple(pred.shape)}, got {tuple(q.shape)}")
             else:
-                q = pred.detach() + torch.as_tensor(self.settings.shift, dtype=pred.dtype)
+                q = pred.detach() + torch.as_tensor(self.settings.shift, dtype=pred.dtype, device=pred.device)
             dist = (pred - q).norm(dim=-1).sum()
             (g,) = torch.autograd.grad(dist, x)
         dims = tuple(self.model.gate_dims[gi]) if getattr(self.model, "gate_dims", None) else (0, 1)
@@ -358,9 +359,9 @@ class HeadAttention(EventExplainer):
             rule = self.settings.queries
             predicted = None
             if rule == "predicted_positive":
-                predicted = model(inputs).argmax(-1) == class_targets(target, inputs.shape[0])[:, None]
+                predicted = model(inputs).argmax(-1) == class_targets(target, inputs.shape[0], inputs.device)[:, None]
             elif not isinstance(rule, Tensor):
-                predicted = torch.zeros(inputs.shape[:2], dtype=torch.bool)
+                predicted = torch.zeros(inputs.shape[:2], dtype=torch.bool, device=inputs.device)
             qmask = self.sample_queries(select_events(rule, predicted, labels, self.name))
             x = model.hidden(inputs, upto=li)
             chunk = getattr(model, "chunk_size", x.shape[1])

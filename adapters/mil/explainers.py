@@ -78,7 +78,7 @@ def normalize(values: Tensor, rule: str, mask: Tensor | None = None) -> Tensor:
         out = torch.where(std > 0, (v - mean) / torch.where(std > 0, std, 1.0), torch.zeros_like(v))
     elif rule == "robust":
         vn = v.masked_fill(~m, float("nan"))
-        q = torch.nanquantile(vn, torch.tensor([0.25, 0.5, 0.75], dtype=v.dtype), dim=-1, keepdim=True)
+        q = torch.nanquantile(vn, torch.tensor([0.25, 0.5, 0.75], dtype=v.dtype, device=v.device), dim=-1, keepdim=True)
         iqr = q[2] - q[0]
         out = (v - q[1]) / torch.where(iqr > 0, iqr, 1.0)
     else:
