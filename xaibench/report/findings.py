@@ -153,7 +153,8 @@ def findings_html(report: Any) -> str:
         for f, r in zip(fs, _table(data)):
             tds = "".join(f"<td class='key'>{e(c)}</td>" if i < 2 else f"<td>{e(c)}</td>" for i, c in enumerate(r[:-1]))
             body.append(f"<tr>{tds}<td class='{cls.get(f.verdict, '')}'>{e(r[-1])}</td></tr>")
-        parts += ["<h2>Findings</h2>", f"<p class='legend'>{e(CORRECTION_NOTE.format(alpha=ALPHA))}</p>",
+        parts += ["<style>table.findings td { white-space: normal; max-width: 30em; text-align: left; }</style>",
+                  "<h2>Findings</h2>", f"<p class='legend'>{e(CORRECTION_NOTE.format(alpha=ALPHA))}</p>",
                   f"<div class='scroll'><table class='findings'><thead><tr>{head}</tr></thead>"
                   f"<tbody>{''.join(body)}</tbody></table></div>"]
     bad = _floor_rows(data)
