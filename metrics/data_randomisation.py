@@ -93,4 +93,4 @@ def data_randomisation(attr: Attribution, batch: Batch, *, reference: str = "", 
         raise ValueError(f"data_randomisation: the reference {reference!r} gives maps {tuple(new.values.shape)}, "
                          f"the model {tuple(attr.values.shape)}; the reference must share the model's architecture")
     sims = map_similarity(attr.values, new.values.to(attr.values.device), similarity, top_k, attr)
-    return MetricScores.from_nan(sims.float(), "a constant map (no ranking)")
+    return MetricScores.from_nan(sims.float(), "undefined similarity")  # a constant map scores 0 (see similarity)
