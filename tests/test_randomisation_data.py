@@ -7,9 +7,6 @@ true labels measured here."""
 
 from __future__ import annotations
 
-import math
-
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
