@@ -117,6 +117,7 @@ def test_best_baseline_worst_other_and_most_rows():
         cells[("s", ds, "m", "baseline.random")] = BASE - 0.1
     bl = ("baseline.random",)
     assert verdict(cells, claim(metric="m", a="*", b="best_baseline", rows="all"), baselines=bl) == "holds"
+    assert verdict(cells, claim(metric="m", a="chefer", b="baseline.random"), baselines=bl) == "holds"
     assert verdict(cells, claim(metric="m", a="chefer", b="best_other", rows="most"), baselines=bl) == "holds"
     assert verdict(cells, claim(metric="m", a="worst_other", b="gradcam", rows="all"), baselines=bl) == "holds"
     f = evaluate_claims([claim(metric="m", a="gradcam", b="best_other", rows="most")], results(cells, baselines=bl))[0]
@@ -202,9 +203,10 @@ def test_claim_names_are_checked_at_parse_time_with_close_matches():
 def test_claims_enter_the_record_only_when_given():
     plain = parse_config(json.loads(json.dumps(TINY)))
     assert "claims" not in plain.record()
-    cfg = parse_config(with_claims(study_claims=[{"claim": "x", "metric": "relevance_mass", "a": "sal",
+    cfg = parse_config(with_claims({"claim": "y", "metric": "relevance_mass", "a": "sal", "b": "baseline.random"},
+                                   study_claims=[{"claim": "x", "metric": "relevance_mass", "a": "sal",
                                                   "b": "best_baseline"}]))
-    assert cfg.claims[0]["where"] == {"study": "s"} and cfg.hash != plain.hash
+    assert cfg.claims[1]["where"] == {"study": "s"} and cfg.hash != plain.hash
 
 
 def test_a_small_study_with_claims_runs_end_to_end(tmp_path):

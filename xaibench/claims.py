@@ -185,6 +185,8 @@ def check_claim(c: ClaimEntry, studies: list[StudyLabels], at: str) -> list[tupl
             if w in SPECIAL or w == "*":
                 continue
             pool = methods if (side == "b" and c.versus) else sel_methods
+            if side == "b":  # a named baseline (``baseline.random``) is a fair opponent too
+                pool = sorted(set(pool) | {b for s in (studies if c.versus else sel) for b in s.baselines})
             if not any(_matches(m, [w]) for m in pool):
                 out.append((f"{at}.{side}", f"no explainer {w!r} in the selected studies"
                                             f"{did_you_mean(w, pool, n=3) or f'; explainers: {pool}'}"))
