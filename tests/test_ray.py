@@ -58,11 +58,20 @@ def grid(marker: Path) -> dict:
 
 # ----------------------------------------------------------------------------- no Ray needed
 
-def test_cells_and_results_cross_as_plain_data(tmp_path):
+@pytest.fixture(scope="module")
+def flaky_plugin():
+    """Registers raytest.flaky_gradcam for this module only (removed after: other tests see the shipped registry)."""
+    import ray_fault_plugin  # noqa: F401
+    from xaibench import EXPLAINERS
+    yield
+    EXPLAINERS.remove("raytest.flaky_gradcam")
+    sys.modules.pop("ray_fault_plugin", None)
+
+
+def test_cells_and_results_cross_as_plain_data(tmp_path, flaky_plugin):
     # reference: the driver's own Cell / CellResult objects
     import json
 
-    import test_ray_plugin  # noqa: F401  (registers raytest.flaky_gradcam)
     from xaibench.runner.work import RunContext, execute_job
     from xaibench.runner.executor import make_jobs
 
@@ -97,9 +106,8 @@ def test_missing_ray_says_how_to_install(monkeypatch):
 # ----------------------------------------------------------------------------- with Ray
 
 @pytest.fixture(scope="module")
-def ray_cluster():
+def ray_cluster(flaky_plugin):
     ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'xaibench[ray]')")
-    import test_ray_plugin  # noqa: F401  (the driver registers it; workers import it by module name)
     from xaibench.runner.ray_executor import start_local_ray
 
     old = os.environ.get("PYTHONPATH")
@@ -116,6 +124,7 @@ def ray_cluster():
             os.environ["PYTHONPATH"] = old
 
 
+@pytest.mark.slow
 def test_ray_table_equals_local_even_when_a_worker_dies_mid_cell(ray_cluster, tmp_path):
     marker = tmp_path / "died-once"
     cfg = parse_config(grid(marker))
@@ -168,6 +177,7 @@ def _done(db: Path) -> int:
         return 0
 
 
+@pytest.mark.slow
 def test_resume_after_the_driver_is_killed(ray_cluster, tmp_path):
     cfg_path = tmp_path / "kill.toml"
     cfg_path.write_text(KILL_TOML)

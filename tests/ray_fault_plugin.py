@@ -1,4 +1,5 @@
-"""A test-only plugin for the Ray executor tests (imported by tests/test_ray.py and by Ray workers).
+"""A test-only plugin for the Ray executor tests (imported by tests/test_ray.py and by Ray workers;
+not a test module, so pytest never imports it: the registry of other tests stays as shipped).
 
 ``raytest.flaky_gradcam`` is GradCAM whose worker process dies (``os._exit``) on its first call
 while its ``marker`` file does not exist: it creates the marker first, so the retried cell runs
@@ -13,9 +14,6 @@ from pathlib import Path
 
 from xaibench import register_explainer
 from xaibench.adapters.cnn.cam import GradCAM
-
-__test__ = False  # no tests here
-
 
 @register_explainer("raytest.flaky_gradcam", fixture="cnn")
 class FlakyGradCAM(GradCAM):
