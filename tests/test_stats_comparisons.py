@@ -9,8 +9,20 @@ import math
 import numpy as np
 import pytest
 
-from xaibench.stats import (NEMENYI_Q, _studentized_q, friedman, holm, kendall_tau, nemenyi_cd, nemenyi_q, pareto_front,
-                            rank_average, spearman, top_k_overlap, wilcoxon)
+from xaibench.stats import (
+    NEMENYI_Q,
+    _studentized_q,
+    friedman,
+    holm,
+    kendall_tau,
+    nemenyi_cd,
+    nemenyi_q,
+    pareto_front,
+    rank_average,
+    spearman,
+    top_k_overlap,
+    wilcoxon,
+)
 
 ss = pytest.importorskip("scipy.stats")
 

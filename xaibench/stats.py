@@ -13,9 +13,10 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -324,8 +325,8 @@ def wilcoxon(a: Any, b: Any | None = None) -> WilcoxonResult:
     if n_total <= 50 and not ties and n_zero == 0:
         counts = _signed_rank_counts(n)
         total = 2.0**n
-        cdf = counts[: int(math.ceil(w_plus)) + 1].sum() / total
-        sf = counts[int(math.floor(w_plus)):].sum() / total
+        cdf = counts[: math.ceil(w_plus) + 1].sum() / total
+        sf = counts[math.floor(w_plus):].sum() / total
         p, method = min(1.0, 2 * min(sf, cdf)), "exact"
     elif n_total <= 13:
         flips = ((np.arange(2**n)[:, None] >> np.arange(n)[None, :]) & 1).astype(bool)  # (2^n, n): positive?
