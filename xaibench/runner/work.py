@@ -76,13 +76,15 @@ def resolve_device(device: str = "auto") -> torch.device:
     mps = getattr(torch.backends, "mps", None)
     has_mps = bool(mps is not None and mps.is_available())
     if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "mps" if has_mps else "cpu")
+        device = "cuda" if torch.cuda.is_available() else "mps" if has_mps else "cpu"
     dev = torch.device(device)
     if dev.type == "cuda":
         n = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if (dev.index or 0) >= n:
             raise ValueError(f"device {device!r}: this machine has {n} CUDA device(s)"
                              + ("" if n else "; use --device cpu (or auto)"))
+        if dev.index is None:  # recorded as cuda:N, the GPU actually used
+            dev = torch.device("cuda", torch.cuda.current_device())
     if dev.type == "mps" and not has_mps:
         raise ValueError(f"device {device!r}: MPS is not available here; use --device cpu (or auto)")
     return dev
