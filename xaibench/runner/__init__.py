@@ -29,12 +29,13 @@ from .executor import (
     create_executor,
     register_executor,
 )
+from .ray_executor import RayExecutor
 from .run import RunResult, run_benchmark
 from .specs import Spec, benchmark_schema
 
 __all__ = [
     "BenchmarkConfig", "Cell", "CellError", "CellResult", "ConfigError", "ConfigMismatchError", "EXECUTORS",
-    "Executor", "Job", "LocalExecutor", "RESULT_COLUMNS", "RunExistsError", "RunLockedError", "RunResult", "Spec",
+    "Executor", "Job", "LocalExecutor", "RESULT_COLUMNS", "RayExecutor", "RunExistsError", "RunLockedError", "RunResult", "Spec",
     "Store", "Study", "benchmark_schema",
     "create_executor", "expand", "list_benchmarks", "load_config", "parse_config", "register_executor",
     "run_benchmark",
