@@ -38,7 +38,7 @@ from ..store import (
     save_examples,
 )
 from .config import BenchmarkConfig, Cell, expand, load_config
-from . import ray_executor  # noqa: F401  (registers the "ray" executor; Ray itself is imported on use)
+from .ray_executor import RayExecutor  # noqa: F401  (registers the "ray" executor; Ray itself is imported on use)
 from .executor import create_executor, make_jobs
 from .preflight import check_grid
 from .work import RunContext, check_device_name, execute_job, resolve_device
