@@ -3,16 +3,16 @@
 - ``fcm_reluformer``: per-event blast classification (10 markers, d=64, 4 heads, 2 layers);
   the card reports F1 per blast-fraction regime (<0.1%, 0.1–1%, 1–10%, ≥10%).
 - ``fcm_reluformer_polygon``: regression of the four gates of the synthetic hierarchy
-  (singlets, lymphoid, CD19+, blasts) as 8-vertex polygons, trained on multi-centre data (every
-  population shifts on its own, :data:`POLYGON_SHIFTS`); the card reports the mean vertex error and
+  (singlets, lymphoid, CD19+, blasts) as 8-vertex polygons; the card reports the mean vertex error and
   the event-level gate F1 per gate.
 
-Each card states its held-out score and floor as ``metrics.test_f1`` and ``metrics.f1_floor`` (with
-``metrics.chance`` and ``metrics.floor_why``), on validation samples never trained on.
+Each card states its held-out score and floor (classifier: ``metrics.test_f1`` / ``metrics.f1_floor``;
+polygon model: ``metrics.test_skill`` / ``metrics.skill_floor``), with ``metrics.chance`` and
+``metrics.floor_why``, on validation samples never trained on.
 
 Every training step draws fresh samples (the generator is infinite), seeded by step.
 Retrain with ``xaibench zoo train fcm_reluformer`` (300 steps of 4 × 4,096 events: ~22 min on a shared
-2-core CPU; the polygon model 200 steps of 4 × 2,048 events).
+2-core CPU; the polygon model ~13 min).
 """
 
 from __future__ import annotations
@@ -149,9 +149,10 @@ def train_classifier(entry: ZooEntry, model: nn.Module, seed: int) -> dict[str, 
 @torch.no_grad()
 def polygon_scores(model: nn.Module, entry: ZooEntry, seed: int) -> dict[str, Any]:
     """Held-out scores of the gate regressor on the validation samples of the four regimes: mean vertex
-    distance per gate, event-level gate F1 per gate (:func:`gate_f1`), ``test_f1`` (their mean), and
-    ``chance``: the gate F1 of one fixed polygon per gate (the mean true polygon of these samples),
-    the best a model can do without reading the sample."""
+    distance per gate, event-level gate F1 per gate (:func:`gate_f1`), the same for one fixed polygon per
+    gate (the mean true polygon of these samples: the best a model can do without reading the sample),
+    and the held-out score ``test_skill`` = 1 − vertex error / the fixed polygon's vertex error (0 =
+    no better than the fixed polygon, 1 = exact), with ``chance`` = 0."""
     errs: dict[str, list[float]] = {g[0]: [] for g in GATES}
     f1s: dict[str, list[float]] = {g[0]: [] for g in GATES}
     batches = [b for regime in REGIMES for b in validation(entry, seed, regime)]
@@ -161,38 +162,44 @@ def polygon_scores(model: nn.Module, entry: ZooEntry, seed: int) -> dict[str, An
         def forward(self, x: Tensor) -> Tensor:
             return mean_poly.expand(len(x), *mean_poly.shape)
 
-    fixed: list[Tensor] = []
+    fixed_f1: list[Tensor] = []
+    fixed_err: list[Tensor] = []
     for batch in batches:
         target = torch.stack([p["vertices"] for p in batch.polygons])
         d = (model(batch.inputs) - target).norm(dim=-1).mean(-1)  # (B, P)
         f = gate_f1(model, batch)
-        fixed.append(gate_f1(Fixed(), batch))
+        fixed_f1.append(gate_f1(Fixed(), batch))
+        fixed_err.append((mean_poly - target).norm(dim=-1).mean(-1))
         for j, g in enumerate(GATES):
             errs[g[0]] += d[:, j].tolist()
             f1s[g[0]] += f[:, j].tolist()
-    gate = {g: round(statistics.fmean(v), 4) for g, v in f1s.items()}
-    return {"vertex_error": {g: round(statistics.fmean(v), 4) for g, v in errs.items()}, "gate_f1": gate,
-            "test_f1": round(statistics.fmean(gate.values()), 4), "chance": round(float(torch.cat(fixed).mean()), 4)}
+    err = {g: round(statistics.fmean(v), 4) for g, v in errs.items()}
+    ferr = torch.cat(fixed_err).mean(0)
+    return {"vertex_error": err, "gate_f1": {g: round(statistics.fmean(v), 4) for g, v in f1s.items()},
+            "fixed_polygon_vertex_error": {g[0]: round(float(ferr[j]), 4) for j, g in enumerate(GATES)},
+            "fixed_polygon_gate_f1": {g[0]: round(float(torch.cat(fixed_f1)[:, j].mean()), 4) for j, g in enumerate(GATES)},
+            "test_skill": round(1 - statistics.fmean(err.values()) / float(ferr.mean()), 4), "chance": 0.0}
 
 
 @torch.no_grad()
 def train_polygon(entry: ZooEntry, model: nn.Module, seed: int) -> dict[str, Any]:
-    """Train the gate-polygon regressor; card: :func:`polygon_scores` on held-out samples, ``f1_floor``."""
+    """Train the gate-polygon regressor; card: :func:`polygon_scores` on held-out samples, ``skill_floor``."""
     with torch.enable_grad():
         loss = fit(model, entry, seed, polygon_loss, f"zoo train {entry.name}")
-    return {"final_loss": round(loss, 5), **polygon_scores(model, entry, seed), "f1_floor": entry.extra["f1_floor"],
-            "floor_why": "held-out samples of all four regimes; chance: one fixed (mean) polygon per gate",
+    return {"final_loss": round(loss, 5), **polygon_scores(model, entry, seed), "skill_floor": entry.extra["skill_floor"],
+            "floor_why": POLYGON_FLOOR_NOTE,
             "val_events": entry.extra["val_events"], "dataset_params": entry.extra["dataset_params"]}
 
+
+#: what the polygon model's floor is on
+POLYGON_FLOOR_NOTE = ("held-out samples of all four regimes; test_skill = 1 - vertex error / vertex error of one fixed "
+                      "(mean) polygon per gate, so chance (a model that ignores the sample) is 0; gate F1 is high "
+                      "even for the fixed polygon (wide gates), so it is reported but not floored")
 
 #: why the classifier's floor is where it is
 FLOOR_NOTE = ("held-out samples of all four blast-fraction regimes; the <0.1% regime (5-50 blasts among 50,000 "
               "events, MRD) is hard by design and pulls the mean down; chance: F1 of calling every event a blast")
 
-#: the polygon model's data: every population shifts on its own (multi-centre; no shared shift), so a gate's
-#: position can only be read off the populations it is anchored on; with one shared shift any population
-#: (e.g. the granulocytes, half the events) gives it away, and the gradients fell outside the gates
-POLYGON_SHIFTS = {"shift_sd": 0.0, "gain_sd": 0.0, "population_shift_sd": 0.3, "population_gain_sd": 0.07}
 _COMMON = {"n_events": 4096, "batch_size": 4, "n_val": 8, "val_events": 50_000}
 
 register_zoo(ZooEntry(
@@ -210,8 +217,7 @@ register_zoo(ZooEntry(
                   "gate_names": [g[0] for g in GATES]},
     train=train_polygon, weights_dir=WEIGHTS, seed=0, dataset="fcm_ball",
     description="ReluFormer regressing the gates singlets → lymphoid → CD19+ → blasts as 8-vertex polygons",
-    extra={**_COMMON, "n_events": 2048, "steps": 200, "lr": 3e-3,
-           "dataset_params": {"blast_fraction": (0.003, 0.9), **POLYGON_SHIFTS},
-           "f1_floor": 0.8},
+    extra={**_COMMON, "steps": 300, "lr": 3e-3, "dataset_params": {"blast_fraction": (0.003, 0.9)},
+           "skill_floor": 0.3},
 ))
 
