@@ -10,12 +10,12 @@ import statistics
 
 import pytest
 import torch
-
-import xaibench
-from xaibench import zoo
 from xaibench.adapters.fcm.train import REGIME_RANGES, polygon_scores
 from xaibench.metrics.fcm_gradient_step import f1_score
 from xaibench.metrics.fcm_polygon import points_in_polygon
+
+import xaibench
+from xaibench import zoo
 from xaibench.zoo import card_floor
 
 #: regimes the fast check samples (the <0.1% MRD regime, hard by design, is in the card's own mean)
