@@ -231,20 +231,24 @@ def _chi2_sf(x: float, df: int) -> float:
 
 
 def rank_average(values: Any, axis: int = -1) -> np.ndarray:
-    """Ranks 1..n along ``axis``, ties sharing their average rank (``scipy.stats.rankdata``)."""
+    """Ranks 1..n along ``axis``, ties sharing their average rank (``scipy.stats.rankdata``).
+
+    Vectorised: one stable sort per row; each run of equal values gets (first + last) / 2 + 1."""
     v = np.moveaxis(np.asarray(values, dtype=np.float64), axis, -1)
-    flat = v.reshape(-1, v.shape[-1])
+    flat = v.reshape(-1, v.shape[-1]) if v.ndim else v.reshape(1, 1)
+    m, n = flat.shape
     out = np.empty_like(flat)
-    for r, row in enumerate(flat):
-        order = np.argsort(row, kind="stable")
-        s = row[order]
-        ranks = np.empty(len(row))
-        start = 0
-        for i in range(1, len(s) + 1):
-            if i == len(s) or s[i] != s[start]:
-                ranks[start:i] = (start + i + 1) / 2  # average of ranks start+1 .. i
-                start = i
-        out[r, order] = ranks
+    if n:
+        order = np.argsort(flat, axis=1, kind="stable")
+        srt = np.take_along_axis(flat, order, 1)
+        pos = np.broadcast_to(np.arange(n), (m, n))
+        starts = np.ones((m, n), dtype=bool)
+        starts[:, 1:] = srt[:, 1:] != srt[:, :-1]
+        ends = np.ones((m, n), dtype=bool)
+        ends[:, :-1] = starts[:, 1:]
+        first = np.maximum.accumulate(np.where(starts, pos, 0), axis=1)
+        last = np.minimum.accumulate(np.where(ends, pos, n)[:, ::-1], axis=1)[:, ::-1]
+        np.put_along_axis(out, order, (first + last) / 2 + 1, 1)
     return np.moveaxis(out.reshape(v.shape), -1, axis)
 
 
