@@ -283,3 +283,15 @@ def test_centre_baseline_on_voxel_maps_is_the_3d_gaussian():
         r2 = ((z + 0.5) / 5 - 0.5) ** 2 + ((y + 0.5) / 6 - 0.5) ** 2 + ((x + 0.5) / 7 - 0.5) ** 2
         assert c.values[0, z, y, x].item() == pytest.approx(math.exp(-r2 / (2 * 0.3 ** 2)), rel=1e-6)
     assert divmod(int(c.values[0].argmax()), 42)[0] == 2  # the central slice
+
+
+def test_occlusion_spreads_drops_over_windows_as_the_mask_product():
+    from xaibench.adapters.cnn.occlusion import spread_boxes, window_masks_nd
+
+    # reference: the mean over covering windows written as the (P, voxels) mask product; windows cut
+    # at the border (11 - 4 is not a multiple of 3) and uncovered voxels (stride > window on one axis)
+    for shape, window, stride in [((11, 9, 10), (4, 3, 5), (3, 2, 2)), ((8, 8, 8), (2, 2, 2), (3, 2, 2))]:
+        masks = window_masks_nd(shape, window, stride).view(-1, math.prod(shape)).double()
+        drops = torch.randn(2, masks.shape[0], dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+        ref = (drops @ masks) / masks.sum(0).clamp_min(1)
+        torch.testing.assert_close(spread_boxes(drops, shape, window, stride).view(2, -1), ref, rtol=1e-12, atol=1e-12)

@@ -14,6 +14,15 @@ budget (48 volumes of 32³ per pass) three runs gave MONAI / ours = 0.86x (5.4 s
 per pass) and the load swings the numbers; both compute every occluded forward. A reliable,
 exact 2x needs incremental inference in 3-D (the incremental engine of ``cnn.occlusion``
 handles 2-D images; volumes fall back to plain forwards, ``extras["engine"]`` says so).
+
+Later (load average ~20, one torch thread): the occluded inputs are broadcast from the one volume
+and the drops spread back by a transposed convolution instead of 45 MB of float window masks;
+ours then spends 0.74 of 0.85 s in the forwards (profile). Eight alternating pairs in one process
+gave MONAI / ours = 0.79-1.09 (median 1.01): at one thread both sit at the forward floor, so the
+2x target is not met. Where it could come from, per stage of the 3-D CNN for 48 volumes: stage1
+(Conv3d 1->8, stride 2 at 32³) 38 ms, stage2 2 ms, stage3 17 ms, stage4 33 ms of ~100 ms. Exact
+incremental inference would recompute about 3% of stage1, 10% of stage2, 40% of stage3 and all of
+stage4 for an 8³ window (the cone covers stage4's 8³ map), a ceiling of ~2.2x on this model.
 """
 
 import pytest
