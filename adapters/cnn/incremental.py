@@ -372,6 +372,11 @@ def occlusion_logits(graph: torch.fx.GraphModule, image: Tensor, baseline: Tenso
 
 #: windows per incremental pass when the explainer's ``batch_size`` is not set
 BATCH_SIZE = 64
+#: images of at most this many pixels (96²) run their incremental passes on one torch thread:
+#: hundreds of small patch kernels per image, where a second thread only adds fork/join waits,
+#: and on a busy machine those dominate (64² faces of the default benchmark, load 17 on 2
+#: cores: 0.26 s per face on one thread, 8.3 s on two); the thread count is restored after
+SMALL_IMAGE = 96 * 96
 
 
 def occlusion_drops(model: nn.Module, engine: str, inputs: Tensor, baseline: Tensor, masks: Tensor,
@@ -391,11 +396,14 @@ def occlusion_drops(model: nn.Module, engine: str, inputs: Tensor, baseline: Ten
     """
     if engine == "plain":
         return "plain"
+    threads = torch.get_num_threads()
     try:
         if inputs.ndim != 4:
             raise Unsupported("2-D images only")
         graph = plan(model)
         b, n = inputs.shape[0], masks.shape[0]
+        if inputs.shape[-2] * inputs.shape[-1] <= SMALL_IMAGE:
+            torch.set_num_threads(1)
         for i in range(b):
             logits = occlusion_logits(graph, inputs[i:i + 1], baseline[i:i + 1], masks, tuple(window),
                                       batch_size or BATCH_SIZE)
@@ -406,4 +414,6 @@ def occlusion_drops(model: nn.Module, engine: str, inputs: Tensor, baseline: Ten
         if engine == "incremental":
             warnings.warn(f"cnn.occlusion: engine='incremental' fell back to plain occlusion: {e}", stacklevel=3)
         return f"plain (incremental: {e})"
+    finally:
+        torch.set_num_threads(threads)
     return "incremental"
