@@ -12,7 +12,7 @@ import pandas as pd
 
 from .findings import findings_html, row_notes
 from .parts import Report
-from .statistics import statistics_html
+from .statistics_section import statistics_html
 from .tables import (ComparisonTable, comparison_tables, counts_table, fmt, protocol_text, protocols,
                      seconds_table)
 
@@ -149,7 +149,7 @@ def render_html(report: Report) -> str:
                   "two-sided sign-flip permutation p-value.</p>",
                   frame_html(p[["study", "dataset", "model", "metric", "explainer", "baseline", "diff [CI]",
                                 "p_value", "n"]], 3)]
-    parts += statistics_html(report)
+    parts += statistics_html(report, frame_html)
     if not skipped.empty:
         parts += ["<h2>Metrics skipped (not applicable)</h2>", frame_html(skipped.drop(columns=["metric_key"]))]
     if figures:

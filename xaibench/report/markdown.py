@@ -13,7 +13,7 @@ import pandas as pd
 
 from .findings import findings_md, row_notes
 from .parts import Report
-from .statistics import statistics_md
+from .statistics_section import statistics_md
 from .tables import (ComparisonTable, comparison_tables, counts_table, fmt, protocol_text, protocols,
                      seconds_table)
 
@@ -89,7 +89,7 @@ def render_markdown(report: Report) -> str:
         p = paired.copy()
         p["diff [CI]"] = [f"{fmt(d)} [{fmt(lo)}, {fmt(hi)}]" for d, lo, hi in zip(p["diff"], p["ci_low"], p["ci_high"])]
         lines += _frame(p[["study", "dataset", "model", "metric", "explainer", "baseline", "diff [CI]", "p_value", "n"]], 3)
-    lines += statistics_md(report)
+    lines += statistics_md(report, _frame, md)
     if not skipped.empty:
         lines += ["", "## Metrics skipped (not applicable)", ""] + _frame(skipped.drop(columns=["metric_key"]))
     if figures or errors:

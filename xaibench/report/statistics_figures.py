@@ -11,6 +11,7 @@ import pandas as pd
 from matplotlib.ticker import NullFormatter
 
 from .figures import figure_path, new_figure, register_figure, save
+from .statistics import cross_method_statistics
 
 
 def _cd_panel(ax, r) -> None:
@@ -54,8 +55,6 @@ def _cd_panel(ax, r) -> None:
 def critical_difference(run_dir: Path, results: pd.DataFrame, summary: pd.DataFrame) -> list[tuple[str, Path]]:
     """Per study: a critical-difference diagram per metric (average ranks, 1 = best; red bars join
     methods not significantly different by the Nemenyi test; grey = baselines)."""
-    from .statistics import cross_method_statistics
-
     st = cross_method_statistics(results, summary, run_dir)
     out = []
     for study in dict.fromkeys(r.study for r in st.ranks):
@@ -78,8 +77,6 @@ def critical_difference(run_dir: Path, results: pd.DataFrame, summary: pd.DataFr
 def pareto(run_dir: Path, results: pd.DataFrame, summary: pd.DataFrame) -> list[tuple[str, Path]]:
     """Per study: each method's mean score against its seconds per sample (log axis), one panel per
     metric; the Pareto front (filled markers, joined) is what no other method beats on both."""
-    from .statistics import cross_method_statistics
-
     st = cross_method_statistics(results, summary, run_dir)
     out = []
     for study, s in st.pareto.groupby("study", sort=False):
