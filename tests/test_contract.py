@@ -84,21 +84,18 @@ def test_metric_contract(name):
     check_metric(name)
 
 
-#: devices besides the CPU (which every test above runs on): CUDA when present
-DEVICES = ["cuda"] if torch.cuda.is_available() else []
-_NO_DEVICE = pytest.mark.skipif(not DEVICES, reason="no CUDA device")
+#: the CPU always (the check itself runs), CUDA when present
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
-@_NO_DEVICE
-@pytest.mark.parametrize("device", DEVICES or ["cuda"])
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("name", METRIC_CASES)
 def test_metric_on_device(name, device):
     # reference: the same metric on the CPU
     check_metric_device(name, device)
 
 
-@_NO_DEVICE
-@pytest.mark.parametrize("device", DEVICES or ["cuda"])
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("name", BASELINE_CASES)
 def test_baseline_on_device(name, device):
     # reference: the same baseline on the CPU
