@@ -173,3 +173,12 @@ def test_every_report_has_the_section_and_figures(tmp_path):
     assert not math.isnan(st.ranks[0].test.cd)
     build_report(out)  # rebuilding from the database gives the same section
     assert (out / "report.md").read_text() == md
+
+
+def test_category_agreement_pools_both_orders_of_a_pair():
+    from xaibench.report.statistics_section import _category_tau
+
+    ma = pd.DataFrame({"category_a": ["localisation", "faithfulness", "localisation", "localisation"],
+                       "category_b": ["faithfulness", "localisation", "localisation", "complexity"],
+                       "tau": [1.0, 0.0, 0.5, np.nan]})
+    assert _category_tau(ma) == "faithfulness vs localisation: mean τ = +0.50 (2 metric pairs)"

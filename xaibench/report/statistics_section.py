@@ -37,11 +37,12 @@ def _tau_matrix(ma: pd.DataFrame) -> pd.DataFrame:
 def _category_tau(ma: pd.DataFrame) -> str:
     """``faithfulness vs localisation: mean τ = +0.33 (6 pairs)`` for every pair of categories."""
     ok = ma[np.isfinite(ma["tau"].astype(float))]
-    parts = []
-    for (ca, cb), g in ok.groupby(["category_a", "category_b"], sort=False):
-        if ca != cb:
-            parts.append(f"{ca} vs {cb}: mean τ = {g['tau'].mean():+.2f} ({len(g)} metric pairs)")
-    return "; ".join(parts)
+    pairs = [tuple(sorted(p)) for p in zip(ok["category_a"], ok["category_b"])]  # (a, b) and (b, a) together
+    taus: dict[tuple[str, str], list[float]] = {}
+    for p, t in zip(pairs, ok["tau"]):
+        if p[0] != p[1]:
+            taus.setdefault(p, []).append(float(t))
+    return "; ".join(f"{a} vs {b}: mean τ = {np.mean(t):+.2f} ({len(t)} metric pairs)" for (a, b), t in taus.items())
 
 
 def _study_tables(st: CrossMethodStatistics, study: str) -> list[tuple[str, str, pd.DataFrame]]:
