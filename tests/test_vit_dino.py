@@ -1,0 +1,113 @@
+"""DINO pre-training pieces: multi-crop, the EMA teacher, centering, the distillation loss
+(against torch's soft-target cross-entropy), a falling loss on a tiny model, and an encoder
+that fits the zoo classifier."""
+
+import copy
+
+import torch
+import torch.nn.functional as F
+
+import xaibench
+from xaibench.adapters.vit.pretrain import DINO, knn_accuracy, random_resized_crops
+
+
+def tiny_dino(**kw):
+    from timm.models.vision_transformer import VisionTransformer
+
+    torch.manual_seed(0)
+    vit = VisionTransformer(img_size=16, patch_size=4, embed_dim=16, depth=1, num_heads=2, mlp_ratio=2.0,
+                            num_classes=0, dynamic_img_size=True)
+    return DINO(vit, out_dim=32, **kw)
+
+
+def test_multi_crop_shapes_seeding_and_content():
+    x = torch.rand(3, 3, 16, 16)
+    a = random_resized_crops(x, 2, 16, (0.4, 1.0), torch.Generator().manual_seed(1))
+    b = random_resized_crops(x, 2, 16, (0.4, 1.0), torch.Generator().manual_seed(1))
+    assert len(a) == 2 and a[0].shape == (3, 3, 16, 16)
+    torch.testing.assert_close(a[1], b[1])
+    loc = random_resized_crops(x[:1].expand(4, -1, -1, -1), 1, 8, (0.1, 0.4), torch.Generator().manual_seed(2))[0]
+    assert loc.shape == (4, 3, 8, 8) and not torch.allclose(loc[0], loc[1])  # each sample its own crop
+    # without jitter a crop only resamples the image: a constant image stays that constant
+    const = torch.full((2, 3, 16, 16), 0.3)
+    c = random_resized_crops(const, 3, 8, (0.1, 0.4), torch.Generator().manual_seed(0), jitter=0.0)
+    assert all(torch.allclose(t, const[:, :, :8, :8]) for t in c)
+    assert all(0 <= float(t.min()) and float(t.max()) <= 1 for t in a + [loc])
+
+
+def test_teacher_is_an_ema_of_the_student():
+    m = tiny_dino()
+    t0 = copy.deepcopy(m.encoder.state_dict())
+    with torch.no_grad():
+        for p in m.student.parameters():
+            p.add_(torch.randn_like(p))
+    s = m.student.state_dict()
+    m.update_teacher(0.9)
+    for k, v in m.encoder.state_dict().items():
+        torch.testing.assert_close(v, 0.9 * t0[k] + 0.1 * s[k])
+    assert not any(p.requires_grad for p in m.encoder.parameters())
+    assert not any(p.requires_grad for p in m.teacher_head.parameters())
+
+
+def test_centering_is_a_running_mean_of_the_teacher_outputs():
+    m = tiny_dino(center_momentum=0.8).train()
+    m.center.fill_(0.5)
+    x = torch.rand(4, 3, 16, 16)
+    g = torch.Generator().manual_seed(3)
+    glob, _ = m.crops(x, torch.Generator().manual_seed(3))  # the crops forward() will draw
+    with torch.no_grad():
+        t = torch.cat([m.teacher_head(m.encoder(c)) for c in glob])
+    m(x, g)
+    torch.testing.assert_close(m.center, 0.8 * 0.5 + 0.2 * t.mean(0, keepdim=True))
+
+
+def test_distillation_loss_is_soft_cross_entropy_over_other_crops():
+    m = tiny_dino()
+    m.center.normal_()
+    torch.manual_seed(1)
+    student = [torch.randn(5, 32) for _ in range(4)]
+    teacher = [torch.randn(5, 32) for _ in range(2)]
+    # independent reference: torch's cross-entropy with probability targets, pairs i ≠ j
+    ref = []
+    for i, t in enumerate(teacher):
+        q = F.softmax((t - m.center) / 0.04, -1)
+        ref += [F.cross_entropy(s / 0.1, q) for j, s in enumerate(student) if j != i]
+    torch.testing.assert_close(m.distillation_loss(student, teacher), torch.stack(ref).mean())
+    # sharpening: the teacher's target is more peaked than the student's softmax at the same logits
+    q = F.softmax(teacher[0] / 0.04, -1)
+    p = F.softmax(teacher[0] / 0.1, -1)
+    assert (q.max(-1).values > p.max(-1).values).all()
+
+
+def test_student_loss_falls_over_a_few_steps_on_a_tiny_model():
+    # teacher and centre held fixed (momenta 1), the same crops every step: the student must
+    # move towards the teacher's targets. (With both moving, the loss on one batch first falls,
+    # then rises while the centre catches up with the teacher: targets are a moving goal.)
+    m = tiny_dino(center_momentum=1.0).train()
+    x = torch.rand(8, 3, 16, 16)
+    opt = torch.optim.AdamW([p for n, p in m.named_parameters() if n.startswith("student")], lr=1e-3)
+    losses = []
+    for _ in range(20):
+        loss = m(x, torch.Generator().manual_seed(0))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        m.update_teacher(1.0)
+        losses.append(loss.item())
+    assert sum(losses[-4:]) < 0.7 * sum(losses[:4]), losses
+
+
+def test_dino_encoder_fits_the_zoo_classifier_and_knn_runs():
+    torch.manual_seed(0)
+    dino = xaibench.create_model("vit.dino")
+    x = torch.rand(2, 3, 64, 64)
+    glob, loc = dino.crops(x, torch.Generator().manual_seed(0))
+    assert [c.shape[-1] for c in glob + loc] == [64, 64, 32, 32, 32, 32]
+    loss = dino(x, torch.Generator().manual_seed(0))
+    assert loss.ndim == 0 and torch.isfinite(loss)
+    clf = xaibench.create_model("vit.small", num_classes=2)
+    missing, unexpected = clf.load_state_dict(dino.encoder.state_dict(), strict=False)
+    assert not unexpected and all(k.startswith("head.") for k in missing)
+    b = xaibench.create_dataset("shape_classes", n=16, batch_size=16, seed=0).all()
+    acc = knn_accuracy(dino.encoder, b, b, k=1)
+    assert acc == 1.0  # each sample is its own nearest neighbour
