@@ -26,6 +26,7 @@ from .findings import write_findings
 from .html import render_html
 from .markdown import render_markdown
 from .parts import Report
+from .volume_figures import voxel_planes  # noqa: F401  (registers the figure of voxel maps' three planes)
 
 
 def _steps(quiet: bool, total: int) -> Any:

@@ -213,5 +213,3 @@ def overlays(run_dir: Path, results: pd.DataFrame, summary: pd.DataFrame, n: int
                     save(fig, figure_path(run_dir, f"overlays_{key[0]}_{key[1]}_{key[2]}"))))
     return out
 
-
-from . import volume_figures  # noqa: E402,F401  (registers the voxel_planes figure: three planes through each voxel map's maximum)
