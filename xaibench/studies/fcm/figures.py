@@ -289,8 +289,8 @@ def fcm_f1_gain_curve(run_dir: Path, results: pd.DataFrame, summary: pd.DataFram
         ax.tick_params(labelsize=7)
         ax.legend(fontsize=6)
         n = int(g["n"].max()) if "n" in g else 0
-        fig.suptitle(f"{study}: moving the false negatives along their gradients ({model}, {dataset}; "
-                     f"samples with false negatives, n ≤ {n})", fontsize=8)
+        fig.suptitle(f"{study}: moving the false negatives along their gradients\n({model}, {dataset}; "
+                     f"samples with false negatives, n ≤ {n}; 95% CI)", fontsize=8)
         out.append((f"FCM {study}: relative F1 gain against step size ({model})",
                     save(fig, figure_path(run_dir, f"fcm_f1_gain_curve_{study}_{dataset}_{model}"))))
     return out
