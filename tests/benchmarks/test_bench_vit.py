@@ -4,6 +4,10 @@
 14×14 grid, target ``blocks[-1].norm1``): grad-cam runs a full ``loss.backward()``; ours
 takes one ``torch.autograd.grad`` to the layer. Goal: ≥ 2× faster. The other three
 explainers are xaibench-only entries; "limit" is one plain forward pass.
+
+FLOP floor of ``vit.gradcam`` at its default layer (``blocks[-1].norm1``): the rest of the last
+block (attention + MLP, 8.1% of the forward's FLOPs here) is recorded and differentiated back to
+the layer, so ≈ 1.08× a forward; the remainder is autograd's elementwise backward work.
 """
 
 import pytest
