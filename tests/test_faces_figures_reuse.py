@@ -67,6 +67,6 @@ def test_patient_maps_from_shared_maps_equal_explaining_the_sub_batch(setup):
 
 
 def test_class_maps_refuses_too_few_maps(setup):
-    model, batch, classes, explained = setup
+    model, batch, _, explained = setup
     with pytest.raises(ValueError, match="fewer maps than batches"):
         class_maps(model, [batch, batch], "cnn.saliency", maps=[explained[1]])

@@ -5,9 +5,9 @@ image through the whole network)."""
 
 import torch
 from torch import nn
+from xaibench.adapters.cnn import incremental
 
 import xaibench
-from xaibench.adapters.cnn import incremental
 
 
 def _cnn():

@@ -4,7 +4,6 @@ and to the explicit N×N attention matrix."""
 
 import torch
 import torch.nn.functional as F
-
 from xaibench.adapters.fcm.explainers import attention_received
 
 

@@ -298,7 +298,7 @@ def attention_received(phi_q: Tensor, phi_k: Tensor, heads: int, eps: float = 1e
     Returns:
         (heads, N) scores; each head's scores sum to the number of queries with a non-zero row.
     """
-    n, d = phi_k.shape
+    d = phi_k.shape[1]
     q = phi_q.reshape(-1, heads, d // heads)
     z = phi_k.sum(0).view(heads, d // heads)  # (H, dh)
     w = (q / (q * z).sum(-1, keepdim=True).clamp_min(eps)).sum(0)  # (H, dh)

@@ -22,9 +22,9 @@ small patch convolutions, gathers and pastes run ~1.8× less efficiently per FLO
 import pytest
 import timm
 import torch
+from xaibench.adapters.cnn.occlusion import auto_batch_size, window_masks
 
 import xaibench
-from xaibench.adapters.cnn.occlusion import auto_batch_size, window_masks
 
 captum_attr = pytest.importorskip("captum.attr")
 

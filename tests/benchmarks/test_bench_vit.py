@@ -17,8 +17,8 @@ import torch
 import xaibench
 
 pytest.importorskip("pytorch_grad_cam")
-from pytorch_grad_cam import GradCAM  # noqa: E402
-from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget  # noqa: E402
+from pytorch_grad_cam import GradCAM
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
 GROUP = "vit.gradcam vit_tiny 8x3x224"
 
