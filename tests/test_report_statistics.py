@@ -182,3 +182,10 @@ def test_category_agreement_pools_both_orders_of_a_pair():
                        "category_b": ["faithfulness", "localisation", "localisation", "complexity"],
                        "tau": [1.0, 0.0, 0.5, np.nan]})
     assert _category_tau(ma) == "faithfulness vs localisation: mean τ = +0.50 (2 metric pairs)"
+
+
+def test_a_single_method_is_not_called_best():
+    res = _results()
+    one = res[res["explainer"].isin(["good", "baseline.random"])]
+    line = study_lines(rank_analysis(one))["s"]
+    assert "only `good` is scored; it ranks above the baselines on 1 of 1" in line and "ranks best" not in line

@@ -317,8 +317,13 @@ def study_lines(ranks: list[RankResult]) -> dict[str, str]:
             if not wins:
                 continue
             order = sorted(wins, key=lambda m: -wins[m])
-            text = f"on {cat.replace('_', ' ')} ({len(rs)} metric{'s' if len(rs) > 1 else ''}) `{order[0]}` ranks best on {wins[order[0]]}"
-            text += "".join(f", `{m}` on {wins[m]}" for m in order[1:])
+            head = f"on {cat.replace('_', ' ')} ({len(rs)} metric{'s' if len(rs) > 1 else ''}) "
+            if all(len([m for m in r.methods if m not in r.baselines]) == 1 for r in rs):  # nothing to compare with
+                beats = sum(r.order()[0] not in r.baselines for r in rs)
+                text = head + f"only `{order[0]}` is scored; it ranks above the baselines on {beats} of {len(rs)}"
+            else:
+                text = head + f"`{order[0]}` ranks best on {wins[order[0]]}"
+                text += "".join(f", `{m}` on {wins[m]}" for m in order[1:])
             nosig = [r for r in rs if not r.significant]
             ties = [r for r in rs if r.significant and r.best_method()
                     and [m for m in r.tied_with(r.best_method()) if m not in r.baselines]]
