@@ -20,7 +20,7 @@ def study_models() -> list[str]:
     return sorted(names | {"vit_pre_supervised"})  # the 'supervised' init's own task, too
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def held_out_set(dataset: str):
     return held_out(dataset, N_CHECK)
 
