@@ -45,7 +45,7 @@ def test_default_benchmark_loads_with_the_lesion_study():
     assert [m.label for m in st.models] == ["lesion_cnn"] and st.models[0].source == "zoo"
     assert [e.label for e in st.explainers] == ["cnn.gradcam", "cnn.hirescam", "hirescam@layer3"]
     assert [m.label for m in st.metrics] == ["pointing_game", "pointing_game@tol3", "iou", "relevance_mass",
-                                             "relevance_rank"]
+                                             "relevance_rank", "deletion_auc", "sparseness", "data_randomisation"]
     assert tuple(b.name for b in st.baselines) == ("random", "centre")
 
 

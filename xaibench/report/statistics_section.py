@@ -108,7 +108,7 @@ def statistics_md(report: Any, frame: Callable[..., list[str]], md: Callable[[An
     for study in names:
         lines += [f"### Study {md(study)}", ""]
         if study in st.lines:
-            lines += [f"**In short:** {st.lines[study]}", ""]
+            lines += [f"**In short:** {md(st.lines[study])}", ""]
         for head, expl, table in _study_tables(st, study):
             lines += [f"#### {md(head)}", "", md(expl), ""] + frame(table, 3) + [""]
     return lines
