@@ -29,7 +29,6 @@ def held_out_set(dataset: str):
 #: strict xfail: the study report marks their cells, and a retrained model that reaches its
 #: floor turns the xfail into a failure here, so the entry must then be removed.
 BELOW_FLOOR: dict[str, str] = {
-    "vit_faint_mae": "held-out 0.859 on the card's 512 samples but 0.848 on this test's 256 (4096 × 8 regime)",
     "vit_pre_supervised": "held-out 0.36 on 4 shapes (chance 0.25): 1024 steps at batch 32 are too few; "
                           "8192 samples × 16 epochs at batch 64 is the proposed regime, not trained yet",
 }
