@@ -108,7 +108,26 @@ def train_mae(model: MaskedAutoencoder, pool: Batch, *, epochs: int, lr: float, 
             losses.append(total / len(pool))
     model.eval()
     return {"mae_loss_first_epoch": round(losses[0], 4), "mae_loss_last_epoch": round(losses[-1], 4),
-            "epochs": epochs, "mask_ratio": mask_ratio}
+            "epochs": epochs, "mask_ratio": mask_ratio,
+            "test_mae_loss": round(held_out_mae_loss(model, mask_ratio=mask_ratio), 4), "mae_loss_floor": MAE_LOSS_FLOOR}
+
+
+#: A pre-trained MAE must reconstruct hidden patches clearly better than chance: its targets are
+#: per-patch normalised, so predicting any patch's mean (zero) scores 1.0.
+MAE_LOSS_FLOOR = 0.85
+
+
+@torch.no_grad()
+def held_out_mae_loss(model: MaskedAutoencoder, n: int = 512, mask_ratio: float = 0.75, seed: int = 0) -> float:
+    """Mean reconstruction loss on the first ``n`` held-out ``shape_classes`` images (split "test")."""
+    from xaibench import create_dataset
+
+    g = torch.Generator().manual_seed(seed)
+    total = count = 0.0
+    for batch in create_dataset("shape_classes", n=n, batch_size=128, seed=0, split="test"):
+        total += float(model(batch.inputs, mask_ratio, g)) * len(batch)
+        count += len(batch)
+    return total / count
 
 
 # ----------------------------------------------------------------------------- DINO
