@@ -10,18 +10,14 @@ input's sign) in place of guided backprop's (positive gradients *and* positive f
 
 from __future__ import annotations
 
-from torch import Tensor
-
 from xaibench import register_explainer
-from xaibench.explainers import Target
 
-from ._common import LayerRef, PixelExplainer
-from .cam import GradCAM
 from .gradients import Deconvolution
+from .guided_gradcam import GuidedGradCAM
 
 
 @register_explainer("cnn.guided_deconvolution")
-class GuidedDeconvolution(PixelExplainer):
+class GuidedDeconvolution(GuidedGradCAM):
     """Guided deconvolution (Selvaraju et al. 2017; the facial-CNN thesis): the deconvnet
     gradients (B, C, H, W) of ``cnn.deconvolution`` multiplied pixel-wise by the bilinearly
     upsampled GradCAM map, then reduced over channels (signed ``"sum"`` by default):
@@ -32,17 +28,4 @@ class GuidedDeconvolution(PixelExplainer):
         >>> attr.values.shape   # (B, H, W); extras["cam"] is the upsampled GradCAM map
     """
 
-    volumes = True
-
-    class Settings(PixelExplainer.Settings):
-        layer: LayerRef = None
-        """GradCAM's layer: a module of the model or its dotted name; None = the last convolutional stage."""
-        relu: bool = True
-        """Clamp the GradCAM map at 0 before multiplying (as Selvaraju et al.)."""
-
-    def channels(self, inputs: Tensor, target: Target) -> tuple[Tensor, Tensor, dict]:
-        s = self.settings
-        cam = GradCAM(self.model, layer=s.layer, relu=s.relu).explain(inputs, target)
-        t = cam.extras["target"]
-        deconv, _ = Deconvolution(self.model).channels(inputs, t)
-        return deconv * cam.values[:, None], t, {"cam": cam.values}
+    gradients = Deconvolution

@@ -20,6 +20,8 @@ class GuidedGradCAM(PixelExplainer):
     """
 
     volumes = True
+    #: the fine-grained gradients multiplied by the CAM (``cnn.guided_deconvolution`` swaps the rule)
+    gradients = GuidedBackprop
 
     class Settings(PixelExplainer.Settings):
         layer: LayerRef = None
@@ -31,5 +33,5 @@ class GuidedGradCAM(PixelExplainer):
         s = self.settings
         cam = GradCAM(self.model, layer=s.layer, relu=s.relu).explain(inputs, target)
         t = cam.extras["target"]
-        guided, _ = GuidedBackprop(self.model).channels(inputs, t)
+        guided, _ = self.gradients(self.model).channels(inputs, t)
         return guided * cam.values[:, None], t, {"cam": cam.values}
