@@ -8,26 +8,12 @@ import math
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 from xaibench.metrics.randomisation import cascade_layers, cascading_randomisation, similarity, ssim
 
 import xaibench
-from xaibench.explainers import EXPLAINERS, Explainer, register_explainer
-from xaibench.testing.oracles import model_fingerprint
-
-
-class SobelEdges(Explainer):
-    """TEST ONLY: Sobel gradient magnitude of the mean channel; ignores the model entirely."""
-
-    kind = "pixel"
-
-    def explain(self, inputs, target=None):
-        g = inputs.mean(1, keepdim=True)
-        kx = torch.tensor([[-1.0, 0, 1], [-2, 0, 2], [-1, 0, 1]])[None, None]
-        gx = F.conv2d(F.pad(g, (1, 1, 1, 1), mode="replicate"), kx)
-        gy = F.conv2d(F.pad(g, (1, 1, 1, 1), mode="replicate"), kx.transpose(-1, -2))
-        return self._attribution((gx**2 + gy**2).sqrt()[:, 0])
+from xaibench.explainers import EXPLAINERS, register_explainer
+from xaibench.testing.oracles import SobelEdges, model_fingerprint
 
 
 @pytest.fixture(scope="module")

@@ -9,31 +9,17 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 import xaibench
 from xaibench import zoo
-from xaibench.explainers import EXPLAINERS, Explainer, register_explainer
-from xaibench.testing.oracles import model_fingerprint
+from xaibench.explainers import EXPLAINERS, register_explainer
+from xaibench.testing.oracles import SobelEdges, model_fingerprint
 
 ss = pytest.importorskip("scipy.stats")
 
 PAIRS = [("lesion_cnn", "lesion_cnn_shuffled", "lesions", "cnn.gradcam"),
          ("face_cnn", "face_cnn_shuffled", "faces", "cnn.gradcam"),
          ("vit_large_random", "vit_large_shuffled", "roi_large", "vit.gradcam")]
-
-
-class SobelEdges(Explainer):
-    """TEST ONLY: Sobel gradient magnitude of the mean channel; ignores the model entirely."""
-
-    kind = "pixel"
-
-    def explain(self, inputs, target=None):
-        g = inputs.mean(1, keepdim=True)
-        kx = torch.tensor([[-1.0, 0, 1], [-2, 0, 2], [-1, 0, 1]])[None, None]
-        gx = F.conv2d(F.pad(g, (1, 1, 1, 1), mode="replicate"), kx)
-        gy = F.conv2d(F.pad(g, (1, 1, 1, 1), mode="replicate"), kx.transpose(-1, -2))
-        return self._attribution((gx**2 + gy**2).sqrt()[:, 0])
 
 
 @pytest.fixture(scope="module")

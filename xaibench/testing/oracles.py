@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..explainers import Explainer
+
 
 def hook_count(model: nn.Module) -> int:
     """Number of hooks registered on any module of ``model`` (for leak checks)."""
@@ -47,7 +49,7 @@ def explicit_reluformer_forward(model: nn.Module, events: Tensor) -> Tensor:
     does not import the family)."""
     def attend(phi_q: Tensor, phi_k: Tensor, v: Tensor, heads: int, eps: float) -> Tensor:
         b, nq, d = phi_q.shape
-        split = lambda t: t.reshape(b, t.shape[1], heads, d // heads).transpose(1, 2)  # noqa: E731
+        split = lambda t: t.reshape(b, t.shape[1], heads, d // heads).transpose(1, 2)
         a = split(phi_q) @ split(phi_k).transpose(-1, -2)  # (B, H, Nq, N)
         a = a / a.sum(-1, keepdim=True).clamp_min(eps)
         return (a @ split(v)).transpose(1, 2).reshape(b, nq, d)
@@ -65,3 +67,18 @@ def explicit_reluformer_forward(model: nn.Module, events: Tensor) -> Tensor:
     q = F.relu(head.query).expand(h.shape[0], -1, -1)
     pooled = attend(q, F.relu(head.key(h)), head.value(h), model.n_heads, head.eps)
     return head.mlp(pooled).reshape(h.shape[0], head.n_polygons, head.n_vertices, 2)
+
+
+class SobelEdges(Explainer):
+    """A model-independent map for randomisation checks (Adebayo et al. 2018): the Sobel gradient
+    magnitude of the input's mean channel; it ignores the model entirely. Not registered: a test
+    registers it under its own key (``register_explainer("test.edges")(SobelEdges)``)."""
+
+    kind = "pixel"
+
+    def explain(self, inputs, target=None):
+        g = inputs.mean(1, keepdim=True)
+        kx = torch.tensor([[-1.0, 0, 1], [-2, 0, 2], [-1, 0, 1]], device=inputs.device, dtype=inputs.dtype)[None, None]
+        gx = F.conv2d(F.pad(g, (1, 1, 1, 1), mode="replicate"), kx)
+        gy = F.conv2d(F.pad(g, (1, 1, 1, 1), mode="replicate"), kx.transpose(-1, -2))
+        return self._attribution((gx**2 + gy**2).sqrt()[:, 0])
