@@ -8,9 +8,8 @@ import hashlib
 from typing import Annotated, Literal
 
 import torch
-from torch import Tensor, nn
-
 from pydantic import Field
+from torch import Tensor, nn
 
 from xaibench import Attribution, Batch
 
@@ -94,3 +93,19 @@ def remake_explainer(attr: Attribution, model: nn.Module, who: str):
 
 #: The NaN reason of a metric that re-runs the explainer when the map names none.
 NO_EXPLAINER = "the attribution's method is not a registered explainer (nothing to re-run)"
+
+
+def saliency_example(n: int, size: int):
+    """Contract example of a metric that re-explains with the attribution's model: a seeded tiny CNN,
+    ``n`` random ``size``² images of class 0, and its ``cnn.saliency`` map as the perfect attribution."""
+    from xaibench.explainers import EXPLAINERS
+    from xaibench.testing import MetricExample
+
+    g = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                          nn.Linear(4, 2)).eval()
+    x = torch.rand(n, 3, size, size, generator=g)
+    batch = Batch(inputs=x, targets=torch.zeros(n, dtype=torch.long), ids=[f"s{i}" for i in range(n)])
+    return MetricExample(batch=batch, perfect=EXPLAINERS.get("cnn.saliency")(model).explain(x, batch.targets),
+                         model=model)

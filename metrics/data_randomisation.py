@@ -23,7 +23,7 @@ from torch import nn
 
 from xaibench import Attribution, Batch, MetricScores, register_metric
 
-from ._common import NO_EXPLAINER, remake_explainer
+from ._common import NO_EXPLAINER, remake_explainer, saliency_example
 from .randomisation import Similarity
 from .randomisation import similarity as map_similarity
 
@@ -42,17 +42,7 @@ def reference_model(name: str) -> nn.Module:
 
 
 def _example():
-    from xaibench.explainers import EXPLAINERS
-    from xaibench.testing import MetricExample
-
-    g = torch.Generator().manual_seed(0)
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                          nn.Linear(4, 2)).eval()
-    x = torch.rand(4, 3, 12, 12, generator=g)
-    batch = Batch(inputs=x, targets=torch.zeros(4, dtype=torch.long), ids=[f"s{i}" for i in range(4)])
-    return MetricExample(batch=batch, perfect=EXPLAINERS.get("cnn.saliency")(model).explain(x, batch.targets),
-                         model=model)
+    return saliency_example(4, 12)
 
 
 _SKIP = {"perfect": "scores the method against a reference model trained on shuffled labels (named by the "

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from xaibench import Attribution, Batch, MetricScores, register_metric
 from xaibench.explainers import model_guard
 
-from ._common import NO_EXPLAINER, per_sample_rand, per_sample_randn, remake_explainer, sample_seeds
+from ._common import NO_EXPLAINER, per_sample_rand, per_sample_randn, remake_explainer, saliency_example, sample_seeds
 
 ZERO = "all-zero map"
 
@@ -64,16 +64,7 @@ def _scores(num: Tensor, den: Tensor, phi: Tensor) -> MetricScores:
 
 
 def _example():
-    from xaibench.explainers import EXPLAINERS
-    from xaibench.testing import MetricExample
-
-    g = torch.Generator().manual_seed(0)
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                          nn.Linear(4, 2)).eval()
-    x = torch.rand(6, 3, 10, 10, generator=g)
-    batch = Batch(inputs=x, targets=torch.zeros(6, dtype=torch.long), ids=[f"s{i}" for i in range(6)])
-    return MetricExample(batch=batch, perfect=EXPLAINERS.get("cnn.saliency")(model).explain(x, batch.targets), model=model)
+    return saliency_example(6, 10)
 
 
 _SKIP = {"perfect": "scores the method (it re-runs the explainer on perturbed inputs), not a given map; "
