@@ -6,8 +6,11 @@ equal to captum's ``Occlusion`` in test_cnn_methods_equivalence.py).
 """
 
 import importlib
+import math
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 import timm
 import torch
 from torch import nn
@@ -127,3 +130,96 @@ def test_untraceable_model_falls_back_to_plain_with_a_note():
     assert note.startswith("plain (incremental: torch.fx cannot trace Untraceable") and "\n" not in note
     ref = xaibench.create_explainer("cnn.occlusion", model, window=5, stride=5, engine="plain").explain(x, 1)
     torch.testing.assert_close(attr.values, ref.values)
+
+
+@pytest.mark.parametrize("shape,window,stride", [((37, 29), (10, 10), (5, 5)), ((32, 32, 32), (8, 8, 8), (4, 4, 4)),
+                                                 ((17, 12, 9), (5, 4, 3), (4, 3, 5))])
+def test_window_corners_are_the_masks_box_corners(shape, window, stride):
+    from xaibench.adapters.cnn.occlusion import window_corners_nd, window_masks_nd
+
+    masks = window_masks_nd(shape, window, stride)
+    some = masks.flatten(1).any(1)  # stride > window can place a window past the border: it occludes nothing
+    assert some.sum() >= len(masks) // 2
+    torch.testing.assert_close(window_corners_nd(shape, window, stride)[some], inc.box_corners(masks, window)[some])
+
+
+class Strided3d(nn.Module):
+    """3-D: strided, dilated and grouped convolutions (the stride-1 ones run by linearity), both
+    pools, batch norm, a residual sum and a channel concat, a global max and a linear head."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv3d(2, 8, (3, 5, 3), stride=(2, 1, 2), padding=(1, 2, 0))
+        self.b = nn.Conv3d(8, 8, 3, stride=1, padding=2, dilation=2, bias=False, groups=2)
+        self.c = nn.Conv3d(8, 8, (1, 3, 3), padding=(0, 1, 1))
+        self.bn = nn.BatchNorm3d(8)
+        self.pool = nn.MaxPool3d(3, stride=2, padding=1)
+        self.avg = nn.AvgPool3d(2, stride=1)
+        self.d = nn.Conv3d(16, 6, 3, padding=1)
+        self.head = nn.Linear(6, 3)
+
+    def forward(self, x):
+        x = torch.relu(self.bn(self.a(x)))
+        y = self.b(x) + self.c(x)
+        y = torch.cat([self.pool(torch.relu(y)), self.pool(x)], 1)
+        return self.head(self.d(self.avg(y)).amax(dim=(2, 3, 4)))
+
+
+@pytest.mark.parametrize("window,stride", [((6, 6, 6), (3, 3, 3)), ((5, 3, 7), (4, 5, 2)), ((1, 1, 1), (7, 7, 7))])
+def test_strided_3d_model_equals_plain(window, stride):
+    from xaibench.adapters.cnn.occlusion import window_masks_nd
+
+    torch.manual_seed(0)
+    model = Strided3d().eval()
+    with torch.no_grad():
+        model.bn.running_mean.uniform_(-0.5, 0.5)
+        model.bn.running_var.uniform_(0.5, 2.0)
+    image = torch.rand(1, 2, 15, 17, 14, generator=torch.Generator().manual_seed(1))
+    base = torch.full_like(image, 0.3)
+    masks = window_masks_nd((15, 17, 14), window, stride)
+    ours = incremental_logits(model, image, base, masks, window, bs=23)
+    ref = plain_logits(model, image, base, masks)
+    plan = inc.Plan(inc.plan(model), image)
+    plan.logits_for(inc.input_patches(image, base, masks[:6], window))
+    sizes = plan.patch_sizes
+    assert any(math.prod(v[:3]) < math.prod(v[3:]) for v in sizes.values())  # some layers run on patches
+    assert "b" in sizes and "d" in sizes  # the stride-1 convolutions ran as patches (by linearity)
+    assert (ref - ref[:1]).abs().max() > 1e-4
+    torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-4)
+
+
+def test_zoo_3d_cnn_incremental_equals_plain_and_records_the_engine():
+    model = xaibench.zoo.load("volume_cnn3d")
+    x = xaibench.create_dataset("volume_lesions", n=2, batch_size=2, seed=5).all().inputs
+    attrs = {e: xaibench.create_explainer("cnn.occlusion", model, window=8, stride=(4, 6, 4), engine=e,
+                                          baseline="mean").explain(x) for e in ("auto", "plain")}
+    assert attrs["auto"].extras["engine"] == "incremental" and attrs["plain"].extras["engine"] == "plain"
+    assert attrs["auto"].kind == "voxel" and attrs["auto"].values.shape == (2, 32, 32, 32)
+    torch.testing.assert_close(attrs["auto"].values, attrs["plain"].values, atol=1e-4, rtol=1e-4)
+
+
+@settings(max_examples=60, deadline=None)
+@given(nd=st.sampled_from([2, 3]), add=st.booleans(), data=st.data())
+def test_paste_equals_a_loop_over_windows(nd, add, data):
+    """paste (scattered or grouped, clipped at the borders) writes or adds exactly what a loop of
+    per-window slice assignments does."""
+    dims = tuple(data.draw(st.integers(2, 7)) for _ in range(nd))
+    size = tuple(data.draw(st.integers(1, 5)) for _ in range(nd))
+    p = data.draw(st.integers(1, 6))
+    g = torch.Generator().manual_seed(data.draw(st.integers(0, 2**16)))
+    rel = torch.stack([torch.randint(-k + 1, n, (p,), generator=g) for n, k in zip(dims, size)], 1)
+    corner = torch.randint(-3, 4, (p, nd), generator=g)
+    out = torch.randn(p, 2, *dims, generator=g)
+    patch = inc.Patch(torch.randn(p, 2, *size, generator=g), corner + rel)
+    ref = out.clone()
+    for i in range(p):
+        dst, src = [], []
+        for o, n, k in zip(rel[i].tolist(), dims, size):
+            dst.append(slice(max(0, o), min(n, o + k)))
+            src.append(slice(max(0, o) - o, min(n, o + k) - o))
+        view = ref[(i, slice(None), *dst)]
+        view += patch.values[(i, slice(None), *src)] if add else 0
+        if not add:
+            view.copy_(patch.values[(i, slice(None), *src)])
+    inc.paste(out, patch, corner, add=add)
+    torch.testing.assert_close(out, ref)

@@ -80,6 +80,14 @@ def window_masks_nd(shape: tuple[int, ...], window: tuple[int, ...], stride: tup
     return m
 
 
+@functools.lru_cache(maxsize=16)
+def window_corners_nd(shape: tuple[int, ...], window: tuple[int, ...], stride: tuple[int, ...]) -> Tensor:
+    """(P, nd) long: the first index of each window's full ``window``-sized box, in the order of
+    :func:`window_masks_nd` (a window cut at the border: its box shifted inside the image)."""
+    starts = [[min(a, n - k) for a in window_starts(n, k, s)] for n, k, s in zip(shape, window, stride)]
+    return torch.tensor(list(itertools.product(*starts)), dtype=torch.long).view(-1, len(shape))
+
+
 def window_masks(h: int, w: int, window: tuple[int, int], stride: tuple[int, int]) -> Tensor:
     """(P, h, w) bool masks of the P occlusion windows, row-major over window positions."""
     return window_masks_nd((h, w), tuple(window), tuple(stride))
@@ -125,8 +133,8 @@ class Occlusion(Explainer):
         engine: Literal["auto", "incremental", "plain"] = "auto"
         """``"incremental"``: exact incremental inference (Krypton, :mod:`.incremental`): each layer
         is recomputed only where a window's receptive field reaches, from the cached unoccluded
-        activations (2-D images, torch.fx-traceable CNNs; ``batch_size`` None: 64 windows per
-        pass); ``"plain"``: every occluded image through the whole model; ``"auto"``: incremental
+        activations (images and volumes, torch.fx-traceable CNNs; ``batch_size`` None: 64 windows
+        per pass, 128 for volumes); ``"plain"``: every occluded image through the whole model; ``"auto"``: incremental
         where the model can be traced, else plain. ``extras["engine"]`` names the engine that ran
         (and why incremental could not)."""
 
@@ -148,7 +156,8 @@ class Occlusion(Explainer):
             logits = self.model(x)
             t = resolve_target(logits, target)
             ref = logits.gather(1, t[:, None])[:, 0]
-            engine = occlusion_drops(self.model, p.engine, x, base, masks, window, t, ref, drops, p.batch_size)
+            engine = occlusion_drops(self.model, p.engine, x, base, masks, window, t, ref, drops, p.batch_size,
+                                     window_corners_nd(shape, window, stride).to(x.device))
             for s in range(b * n if engine == "incremental" else 0, b * n, bs):  # the plain forwards
                 j = torch.arange(s, min(s + bs, b * n), device=x.device)
                 i, k = j // n, j % n
