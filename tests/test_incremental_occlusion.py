@@ -53,6 +53,16 @@ class StridedDilated(nn.Module):
         return self.head(y.mean((2, 3)))
 
 
+def _seeded_eval(model_cls):
+    """A seeded model in eval mode whose batch norm has non-trivial running statistics."""
+    torch.manual_seed(0)
+    model = model_cls().eval()
+    with torch.no_grad():
+        model.bn.running_mean.uniform_(-0.5, 0.5)
+        model.bn.running_var.uniform_(0.5, 2.0)
+    return model
+
+
 def _setup(shape, window, stride, seed=0, baseline=0.0):
     g = torch.Generator().manual_seed(seed)
     image = torch.rand(1, *shape, generator=g)
@@ -62,11 +72,7 @@ def _setup(shape, window, stride, seed=0, baseline=0.0):
 
 @pytest.mark.parametrize("window,stride", [((10, 10), (5, 5)), ((7, 4), (3, 6)), ((1, 1), (9, 9))])
 def test_strided_dilated_model_equals_plain(window, stride):
-    torch.manual_seed(0)
-    model = StridedDilated().eval()
-    with torch.no_grad():
-        model.bn.running_mean.uniform_(-0.5, 0.5)
-        model.bn.running_var.uniform_(0.5, 2.0)
+    model = _seeded_eval(StridedDilated)
     image, base, masks = _setup((3, 37, 29), window, stride)
     ours = incremental_logits(model, image, base, masks, window)
     ref = plain_logits(model, image, base, masks)
@@ -169,11 +175,7 @@ class Strided3d(nn.Module):
 def test_strided_3d_model_equals_plain(window, stride):
     from xaibench.adapters.cnn.occlusion import window_masks_nd
 
-    torch.manual_seed(0)
-    model = Strided3d().eval()
-    with torch.no_grad():
-        model.bn.running_mean.uniform_(-0.5, 0.5)
-        model.bn.running_var.uniform_(0.5, 2.0)
+    model = _seeded_eval(Strided3d)
     image = torch.rand(1, 2, 15, 17, 14, generator=torch.Generator().manual_seed(1))
     base = torch.full_like(image, 0.3)
     masks = window_masks_nd((15, 17, 14), window, stride)
