@@ -9,10 +9,10 @@ import importlib
 import math
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 import timm
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 import xaibench

@@ -247,27 +247,37 @@ class Plan:
             paste(out, patch, corner)
         return out
 
+    def _copies(self, node: torch.fx.Node, n: int) -> Tensor:
+        """(n, C, *S) copies of the cached map of ``node`` (a copy: faster than a gather)."""
+        cached = self.cache[node]
+        return cached.expand(n, *cached.shape[1:]).clone()
+
     def dense(self, node: torch.fx.Node, patch: Patch) -> Tensor:
         """(P, C, *S): the patch pasted into the full cached map."""
         if patch.size == self._map_size(node):
             return patch.values
-        cached = self.cache[node]
-        out = cached.expand(len(patch.values), *cached.shape[1:]).clone()  # a copy: faster than a gather
+        out = self._copies(node, len(patch.values))
         paste(out, patch, torch.zeros_like(patch.corner))
         return out
+
+    def _reach_box(self, node: torch.fx.Node, patch: Patch, k: tuple[int, ...], s: tuple[int, ...],
+               p: tuple[int, ...], d: tuple[int, ...]) -> tuple[Tensor, tuple[int, ...], Tensor, tuple[int, ...]]:
+        """:func:`_reach` on every axis of a sliding-window ``node`` fed by ``patch``: the output box
+        (corners (P, nd), size) and the input box it reads (corners, size)."""
+        n_out = self._map_size(node)
+        axes = [_reach(patch.corner[:, a], patch.size[a], k[a], s[a], p[a], d[a], n_out[a]) for a in range(self.nd)]
+        return (torch.stack([a[0] for a in axes], 1), tuple(a[1] for a in axes),
+                torch.stack([a[2] for a in axes], 1), tuple(a[3] for a in axes))
 
     def _sliding(self, node: torch.fx.Node, src: torch.fx.Node, patch: Patch, k: Any, s: Any, p: Any, d: Any,
                  value: float, fn: Callable[[Tensor], Tensor]) -> Patch:
         nd = self.nd
         k, s, p, d = _ntuple(k, nd), _ntuple(s, nd), _ntuple(p, nd), _ntuple(d, nd)
-        n_out = self._map_size(node)
-        axes = [_reach(patch.corner[:, a], patch.size[a], k[a], s[a], p[a], d[a], n_out[a]) for a in range(nd)]
-        if patch.size == self._map_size(src) or math.prod(a[1] for a in axes) >= DENSE_FRACTION * math.prod(n_out):
-            # the patch is (nearly) the whole map: the module itself on the full maps
+        out_corner, out_size, in_corner, in_size = self._reach_box(node, patch, k, s, p, d)
+        if math.prod(out_size) >= DENSE_FRACTION * math.prod(self._map_size(node)):
+            # the patch reaches (nearly) the whole map: the module itself on the full maps
             whole = self.dense(src, patch)
             return Patch(self.modules[node.target](whole), torch.zeros_like(patch.corner))
-        out_corner = torch.stack([a[0] for a in axes], 1)
-        in_corner, in_size = torch.stack([a[2] for a in axes], 1), tuple(a[3] for a in axes)
         return Patch(fn(self.region(src, patch, in_corner, in_size, p, value)), out_corner)
 
     def _conv_delta(self, node: torch.fx.Node, src: torch.fx.Node, patch: Patch, m: nn.Module,
@@ -288,12 +298,10 @@ class Plan:
         full = tuple(dd * (kk - 1) for dd, kk in zip(d, k))
         spread = conv(delta, m.weight, None, 1, full, m.dilation, m.groups)  # (P, C_out, q + d(k-1))
         reach = torch.tensor(p, device=patch.corner.device) - torch.tensor(full, device=patch.corner.device)
-        axes = [_reach(patch.corner[:, a], patch.size[a], k[a], 1, p[a], d[a], n_out[a]) for a in range(nd)]
-        corner, size = torch.stack([a[0] for a in axes], 1), tuple(a[1] for a in axes)
+        corner, size, _, _ = self._reach_box(node, patch, k, (1,) * nd, p, d)
         if math.prod(size) >= DENSE_FRACTION * math.prod(n_out):  # a copy of the whole map beats a gather
             corner, size = torch.zeros_like(corner), n_out
-            cached = self.cache[node]
-            out = cached.expand(len(corner), *cached.shape[1:]).clone()
+            out = self._copies(node, len(corner))
         else:
             out = gather_boxes(self.cache[node][0], corner, size)
         paste(out, Patch(spread, patch.corner + reach), corner, add=True)

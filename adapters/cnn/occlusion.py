@@ -134,8 +134,8 @@ class Occlusion(Explainer):
         """``"incremental"``: exact incremental inference (Krypton, :mod:`.incremental`): each layer
         is recomputed only where a window's receptive field reaches, from the cached unoccluded
         activations (images and volumes, torch.fx-traceable CNNs; ``batch_size`` None: 64 windows
-        per pass, 128 for volumes); ``"plain"``: every occluded image through the whole model; ``"auto"``: incremental
-        where the model can be traced, else plain. ``extras["engine"]`` names the engine that ran
+        per pass, 128 for volumes); ``"plain"``: every occluded image through the whole model;
+        ``"auto"``: incremental where the model can be traced, else plain. ``extras["engine"]`` names the engine that ran
         (and why incremental could not)."""
 
     def explain(self, inputs: Tensor, target: Target = None) -> Attribution:
