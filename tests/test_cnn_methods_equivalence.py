@@ -13,7 +13,7 @@ import torch
 
 import xaibench
 from xaibench.adapters.cnn._common import make_baseline
-from xaibench.testing.oracles import model_fingerprint
+from xaibench.testing.oracles import ConvReluNet, model_fingerprint
 
 
 @pytest.fixture(scope="module")
@@ -98,26 +98,6 @@ def test_integrated_gradients_equal_captum(model, data, quadrature, baseline):
     close(ours.extras["delta"], delta, tol=1e-4)
 
 
-class SmallNet(torch.nn.Module):
-    """Conv / ReLU / Linear only, so the rescale rule can be written out by hand."""
-
-    def __init__(self):
-        super().__init__()
-        g = torch.Generator().manual_seed(4)
-        self.layers = torch.nn.ModuleList([
-            torch.nn.Conv2d(3, 5, 3, padding=1), torch.nn.ReLU(inplace=True),
-            torch.nn.Conv2d(5, 4, 3, stride=2, padding=1), torch.nn.ReLU(),
-            torch.nn.Flatten(), torch.nn.Linear(4 * 6 * 6, 10), torch.nn.ReLU(), torch.nn.Linear(10, 3),
-        ])
-        for p in self.parameters():
-            p.data.copy_(torch.randn(p.shape, generator=g) * 0.4)
-
-    def forward(self, x):
-        for layer in self.layers:
-            x = layer(x)
-        return x
-
-
 def rescale_rule(net, x, base, target):
     """DeepLIFT's rescale rule (Shrikumar et al. 2017, eq. 3 and the linear rule), layer by layer:
     a ReLU's multiplier is Δout/Δin (its derivative where Δin = 0), a linear layer's is its
@@ -153,7 +133,7 @@ def rescale_rule(net, x, base, target):
 def test_deeplift_equals_the_rescale_rule_by_hand(baseline):
     # reference: rescale_rule above (multipliers written out layer by layer), and completeness
     # against two forward passes; captum, which cnn.deeplift wraps, is not the reference
-    net = SmallNet().eval()
+    net = ConvReluNet().eval()
     g = torch.Generator().manual_seed(5)
     x = torch.rand(3, 3, 12, 12, generator=g)
     t = torch.tensor([0, 2, 1])

@@ -10,26 +10,7 @@ import torch
 import torch.nn.functional as F
 
 import xaibench
-
-
-class SmallNet(torch.nn.Module):
-    """Conv / ReLU / Linear only, so the deconvnet backward can be written out by hand."""
-
-    def __init__(self):
-        super().__init__()
-        g = torch.Generator().manual_seed(4)
-        self.layers = torch.nn.ModuleList([
-            torch.nn.Conv2d(3, 5, 3, padding=1), torch.nn.ReLU(inplace=True),
-            torch.nn.Conv2d(5, 4, 3, stride=2, padding=1), torch.nn.ReLU(),
-            torch.nn.Flatten(), torch.nn.Linear(4 * 6 * 6, 10), torch.nn.ReLU(), torch.nn.Linear(10, 3),
-        ])
-        for p in self.parameters():
-            p.data.copy_(torch.randn(p.shape, generator=g) * 0.4)
-
-    def forward(self, x):
-        for layer in self.layers:
-            x = layer(x)
-        return x
+from xaibench.testing.oracles import ConvReluNet
 
 
 def deconvnet_by_hand(net, x, target):
@@ -78,7 +59,7 @@ def data():
 
 
 def test_guided_deconvolution_equals_its_definition_by_hand(data):
-    net = SmallNet().double().eval()
+    net = ConvReluNet().double().eval()
     x, t = data[0].double(), data[1]
     ours = xaibench.explain(net, x, "cnn.guided_deconvolution", target=t, layer="layers.2")
     expected = (deconvnet_by_hand(net, x, t) * gradcam_by_hand(copy.deepcopy(net), x, t, 2)[:, None]).sum(1)

@@ -15,6 +15,28 @@ from torch import Tensor, nn
 from ..explainers import Explainer
 
 
+class ConvReluNet(nn.Module):
+    """Conv / ReLU / Linear only (3x12x12 inputs, 3 classes, seeded weights), so that a backward
+    rule (DeepLIFT's rescale rule, the deconvnet pass) can be written out by hand layer by layer
+    over ``self.layers``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(4)
+        self.layers = nn.ModuleList([
+            nn.Conv2d(3, 5, 3, padding=1), nn.ReLU(inplace=True),
+            nn.Conv2d(5, 4, 3, stride=2, padding=1), nn.ReLU(),
+            nn.Flatten(), nn.Linear(4 * 6 * 6, 10), nn.ReLU(), nn.Linear(10, 3),
+        ])
+        for p in self.parameters():
+            p.data.copy_(torch.randn(p.shape, generator=g) * 0.4)
+
+    def forward(self, x: Tensor) -> Tensor:
+        for layer in self.layers:
+            x = layer(x)
+        return x
+
+
 def hook_count(model: nn.Module) -> int:
     """Number of hooks registered on any module of ``model`` (for leak checks)."""
     n = 0
