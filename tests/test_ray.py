@@ -8,10 +8,8 @@ Reference in every test: the same grid run by the local, in-process executor.
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -27,6 +25,7 @@ from xaibench.runner.ray_executor import (
     result_from_data,
     result_to_data,
 )
+from xaibench.testing.runs import kill_after_first_cell
 
 TESTS = Path(__file__).resolve().parent
 #: every column but the timings
@@ -163,19 +162,6 @@ batch_size = 8
 """
 
 
-def _done(db: Path) -> int:
-    import sqlite3
-    if not db.exists():
-        return 0
-    try:
-        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
-        try:
-            return int(con.execute("SELECT COUNT(*) FROM cells WHERE status = 'done'").fetchone()[0])
-        finally:
-            con.close()
-    except sqlite3.OperationalError:
-        return 0
-
 
 @pytest.mark.slow
 def test_resume_after_the_driver_is_killed(ray_cluster, tmp_path):
@@ -186,19 +172,7 @@ def test_resume_after_the_driver_is_killed(ray_cluster, tmp_path):
     cmd = [sys.executable, "-c", "from xaibench.cli import main; main()", "run", str(cfg_path), "--out",
            str(tmp_path / "kill"), "--no-report", "--executor", "ray", "--address", ray_cluster, "--workers", "1"]
     victim = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    db = tmp_path / "kill" / "results.db"
-    deadline = time.time() + 240
-    try:
-        while _done(db) < 1:
-            assert victim.poll() is None, f"the run ended before it could be killed: {victim.stderr.read().decode()}"
-            assert time.time() < deadline, "no cell finished in time"
-            time.sleep(0.02)
-        victim.send_signal(signal.SIGKILL)
-        victim.wait(30)
-    finally:
-        if victim.poll() is None:
-            victim.kill()
-    n_done = _done(db)
+    n_done = kill_after_first_cell(victim, tmp_path / "kill", timeout=240)
     assert 1 <= n_done < total, f"killed after {n_done} of {total} cells"
     resumed = run_benchmark(cfg_path, tmp_path / "kill", resume=True, quiet=True, report=False, executor="ray")
     assert resumed.n_resumed == n_done and resumed.n_run == total - n_done and resumed.n_failed == 0

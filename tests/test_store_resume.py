@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -16,6 +14,7 @@ import pytest
 
 from xaibench.runner import (RunExistsError, Store, expand, parse_config, run_benchmark)
 from xaibench.store import CellResult
+from xaibench.testing.runs import kill_after_first_cell
 
 CFG = {
     "name": "resume", "seed": 3,
@@ -147,18 +146,6 @@ def _cli(*args: str) -> list[str]:
     return [sys.executable, "-c", "from xaibench.cli import main; main()", *args]
 
 
-def _done(db: Path) -> int:
-    if not db.exists():
-        return 0
-    try:
-        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
-        try:
-            return int(con.execute("SELECT COUNT(*) FROM cells WHERE status = 'done'").fetchone()[0])
-        finally:
-            con.close()
-    except sqlite3.OperationalError:  # tables not created yet
-        return 0
-
 
 @pytest.mark.slow
 def test_sigkill_mid_run_then_resume_equals_uninterrupted(tmp_path):
@@ -171,19 +158,7 @@ def test_sigkill_mid_run_then_resume_equals_uninterrupted(tmp_path):
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     victim = subprocess.Popen(_cli("run", str(cfg_path), "--out", str(tmp_path / "kill"), "--no-report"), env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    db = tmp_path / "kill" / "results.db"
-    deadline = time.time() + 120
-    try:
-        while _done(db) < 1:
-            assert victim.poll() is None, "the run ended before it could be killed"
-            assert time.time() < deadline, "no cell finished in time"
-            time.sleep(0.02)
-        victim.send_signal(signal.SIGKILL)
-        victim.wait(30)
-    finally:
-        if victim.poll() is None:
-            victim.kill()
-    n_done = _done(db)
+    n_done = kill_after_first_cell(victim, tmp_path / "kill", timeout=120)
     assert 1 <= n_done < total, f"killed after {n_done} of {total} cells"
     assert ref.wait(180) == 0, ref.stderr.read().decode()
     resumed = subprocess.run(_cli("run", str(cfg_path), "--out", str(tmp_path / "kill"), "--resume", "--no-report"),
