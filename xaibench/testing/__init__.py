@@ -15,6 +15,7 @@ import copy
 import dataclasses
 import functools
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -451,17 +452,22 @@ def _like(kind: str, b: int = 3) -> Attribution:
     return Attribution(values=torch.rand(shape, generator=g), kind=kind, method="m", extras=extras)
 
 
+def _baseline_cases(fn: Any) -> Iterator[tuple[str, Attribution, Batch, Attribution]]:
+    """(kind, like, batch, baseline seeded 0) for every kind where the baseline ``fn`` applies (not None)."""
+    for kind in KINDS:
+        like = _like(kind)
+        batch = Batch(inputs=torch.zeros(len(like.values), 1), ids=[f"s{i}" for i in range(like.batch_size)])
+        out = fn(like, batch, 0)
+        if out is not None:
+            yield kind, like, batch, out
+
+
 def check_baseline(name: str) -> None:
     """Contract of a baseline, for every attribution kind: None (does not apply) or an
     Attribution of the same kind and shape, finite, the same for the same seed, and each
     sample's values independent of the other samples in the batch."""
     fn = BASELINES.get(name)
-    for kind in KINDS:
-        like = _like(kind)
-        batch = Batch(inputs=torch.zeros(len(like.values), 1), ids=[f"s{i}" for i in range(like.batch_size)])
-        out = fn(like, batch, 0)
-        if out is None:
-            continue
+    for kind, like, batch, out in _baseline_cases(fn):
         assert isinstance(out, Attribution), f"{name}: expected an Attribution or None for {kind!r}, got {type(out).__name__}"
         assert out.kind == kind and out.values.shape == like.values.shape, (
             f"{name}: {kind} {tuple(like.values.shape)} gave {out.kind} {tuple(out.values.shape)}")
@@ -477,12 +483,7 @@ def check_baseline_device(name: str, device: str = "cuda") -> None:
     drawn the same way whatever the device)."""
     fn = BASELINES.get(name)
     dev = torch.device(device)
-    for kind in KINDS:
-        like = _like(kind)
-        batch = Batch(inputs=torch.zeros(len(like.values), 1), ids=[f"s{i}" for i in range(like.batch_size)])
-        ref = fn(like, batch, 0)
-        if ref is None:
-            continue
+    for kind, like, batch, ref in _baseline_cases(fn):
         out = fn(_attr_to(like, dev), dataclasses.replace(batch, inputs=batch.inputs.to(dev)), 0)
         assert out is not None and out.values.device.type == dev.type, (
             f"{name}: {kind} attributions on {device} gave values on {getattr(out, 'values', ref.values).device}")
