@@ -8,18 +8,12 @@ import pytest
 import torch
 
 from xaibench import zoo
+from xaibench.runner import load_config
 from xaibench.studies.faces import figures
 from xaibench.studies.faces.analyses import class_maps, patient_maps
 
-#: the default benchmark's faces_cnn methods (xaibench/benchmarks/default.toml)
-METHODS = [
-    {"name": "cnn.occlusion", "params": {"window": 10, "stride": 6}},
-    {"name": "cnn.saliency"},
-    {"name": "cnn.guided_backprop"},
-    {"name": "cnn.deeplift"},
-    {"name": "cnn.gradcam", "params": {"relu": False}},
-    {"name": "cnn.fullgrad"},
-]
+#: the default benchmark's faces_cnn methods, picked as the report picks them (xaibench/benchmarks/default.toml)
+METHODS = figures._methods(next(s for s in load_config("default").record()["studies"] if s["name"] == "faces_cnn"))
 
 
 @pytest.fixture(scope="module")

@@ -15,17 +15,12 @@ import pytest
 import torch
 
 from xaibench import zoo
+from xaibench.runner import load_config
 from xaibench.studies.faces import figures
 from xaibench.studies.faces.analyses import class_maps, patient_maps
 
-METHODS = [  # xaibench/benchmarks/default.toml, study faces_cnn
-    {"name": "cnn.occlusion", "params": {"window": 10, "stride": 6}},
-    {"name": "cnn.saliency"},
-    {"name": "cnn.guided_backprop"},
-    {"name": "cnn.deeplift"},
-    {"name": "cnn.gradcam", "params": {"relu": False}},
-    {"name": "cnn.fullgrad"},
-]
+#: the default benchmark's faces_cnn methods, picked as the report picks them (xaibench/benchmarks/default.toml)
+METHODS = figures._methods(next(s for s in load_config("default").record()["studies"] if s["name"] == "faces_cnn"))
 GROUP = "faces report maps (default faces_cnn, 30 faces x 6 methods)"
 
 
