@@ -31,6 +31,8 @@ from torch import Tensor
 
 from xaibench import Attribution, Batch, MetricScores, register_metric
 
+from ._rows import positive_sums, row_argmax, row_counts, top_k_rows
+
 EMPTY = "empty mask"
 
 
@@ -77,7 +79,7 @@ def map_and_mask(attr: Attribution, batch: Batch, who: str) -> tuple[Tensor, Ten
 
 
 def _with_empty(scores: Tensor, masks: Tensor, extra: list[tuple[Tensor, str]] = ()) -> MetricScores:
-    empty = masks.flatten(1).sum(1) == 0
+    empty = row_counts(masks).to(scores.device) == 0
     reasons: list[str | None] = [None] * len(scores)
     for cond, why in [(empty, EMPTY), *extra]:
         scores = torch.where(cond, torch.full_like(scores, math.nan), scores)
@@ -115,7 +117,7 @@ def pointing_game(attr: Attribution, batch: Batch, *, tolerance: Annotated[float
     """
     m, masks = map_and_mask(attr, batch, "pointing_game")
     region = disk_dilate(masks, float(tolerance))
-    idx = m.flatten(1).argmax(1)
+    idx = row_argmax(m.flatten(1))
     hit = region.flatten(1).gather(1, idx[:, None])[:, 0].float()
     return _with_empty(hit, masks)
 
@@ -156,10 +158,7 @@ def binarise(m: Tensor, masks: Tensor, threshold: str | float) -> Tensor:
     elif threshold == "mean":
         pred = flat > flat.mean(1, keepdim=True)
     elif threshold == "gt_area":
-        k = masks.flatten(1).sum(1)
-        order = torch.argsort(flat, dim=1, descending=True, stable=True)
-        rank = torch.empty_like(order).scatter_(1, order, torch.arange(flat.shape[1]).expand_as(order))
-        pred = rank < k[:, None]
+        pred = top_k_rows(flat, row_counts(masks)).to(flat.device)
     elif isinstance(threshold, (int, float)) and not isinstance(threshold, bool) and 0 < float(threshold) < 1:
         pred = flat > torch.quantile(flat.double(), float(threshold), dim=1, keepdim=True).to(flat.dtype)
     else:
@@ -183,8 +182,8 @@ def iou(attr: Attribution, batch: Batch, *,
     """
     m, masks = map_and_mask(attr, batch, "iou")
     pred = binarise(m, masks, threshold)
-    inter = (pred & masks).flatten(1).sum(1).float()
-    union = (pred | masks).flatten(1).sum(1).float()
+    inter = row_counts(pred & masks).float()
+    union = row_counts(pred | masks).float()
     return _with_empty(inter / union.clamp_min(1), masks)
 
 
@@ -198,9 +197,7 @@ def relevance_mass(attr: Attribution, batch: Batch) -> MetricScores:
     References: Arras et al., CLEVR-XAI, 2022 (relevance mass accuracy).
     """
     m, masks = map_and_mask(attr, batch, "relevance_mass")
-    pos = m.double().clamp_min(0).flatten(1)  # float64 sums: no overflow from float32 maps
-    total = pos.sum(1)
-    inside = (pos * masks.flatten(1)).sum(1)
+    total, inside = positive_sums(m.flatten(1), masks.flatten(1))  # float64: no overflow from float32 maps
     share = (inside / total.clamp_min(1e-300)).to(m.dtype)
     return _with_empty(share, masks, [(total <= 0, "no positive relevance"),
                                       (~torch.isfinite(total), "positive relevance too large to sum")])
@@ -215,6 +212,6 @@ def relevance_rank(attr: Attribution, batch: Batch) -> MetricScores:
     References: Arras et al., CLEVR-XAI, 2022 (relevance rank accuracy).
     """
     m, masks = map_and_mask(attr, batch, "relevance_rank")
-    pred = binarise(m, masks, "gt_area")
-    k = masks.flatten(1).sum(1).float()
-    return _with_empty((pred & masks).flatten(1).sum(1).float() / k.clamp_min(1), masks)
+    k = row_counts(masks)
+    pred = top_k_rows(m.flatten(1), k)
+    return _with_empty(row_counts(pred & masks.flatten(1)).float() / k.float().clamp_min(1), masks)

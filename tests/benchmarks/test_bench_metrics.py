@@ -1,9 +1,11 @@
 """Issue-11 metrics side by side with Quantus 0.6 on the same inputs (pytest-benchmark).
 
 Localisation (target: ≥ 100× Quantus): 256 maps of 224², each with a box-shaped mask (the box
-metrics get the boxes, Quantus the rasterised masks): ``pointing_game_box`` vs ``PointingGame``,
-``energy_pointing_game`` vs ``RelevanceMassAccuracy``, ``auroc`` vs ``AUC``,
-``top_k_intersection`` vs ``TopKIntersection``.
+metrics get the boxes, Quantus the rasterised masks): ``pointing_game`` and ``pointing_game_box``
+vs ``PointingGame``, ``relevance_mass`` and ``energy_pointing_game`` vs
+``RelevanceMassAccuracy``, ``relevance_rank`` vs ``RelevanceRankAccuracy``, ``auroc`` vs ``AUC``,
+``top_k_intersection`` vs ``TopKIntersection``. Ours include the non-finite check every metric
+call makes.
 
 Faithfulness (targets: ≥ 10× Quantus and ≤ 1.2× the forward passes the curves need): a timm
 resnet18 (random weights, 10 classes) on 16 images of 3×64²; deletion curve with 16 steps of
@@ -46,7 +48,10 @@ def loc_case():
 
 LOC = {  # ours -> (Quantus class, kwargs)
     "pointing_game_box": ("PointingGame", {}),
+    "pointing_game": ("PointingGame", {}),
     "energy_pointing_game": ("RelevanceMassAccuracy", {}),
+    "relevance_mass": ("RelevanceMassAccuracy", {}),
+    "relevance_rank": ("RelevanceRankAccuracy", {}),
     "auroc": ("AUC", {}),
     "top_k_intersection": ("TopKIntersection", {"k": 1000}),
 }
