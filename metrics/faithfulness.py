@@ -154,7 +154,7 @@ def auc(curves: Tensor, xs: Tensor) -> Tensor:
 
 def _curve_auc(attr, batch, model, who, *, mode, order, baseline, step, patch, output, batch_size) -> Tensor:
     x, m, t = _setup(attr, batch, model, who)
-    n_regions = region_ranks(m[:1], patch, order)[1]
+    n_regions = math.ceil(m.shape[1] / patch) * math.ceil(m.shape[2] / patch)  # as region_ranks counts them
     per_step = max(1, round(step * n_regions))
     curves, xs = perturbation_curves(model, x, m, t, mode=mode, order=order, baseline=baseline, patch=patch,
                                      per_step=per_step, output=output, batch_size=batch_size)
