@@ -225,3 +225,75 @@ def test_paste_equals_a_loop_over_windows(nd, add, data):
             view.copy_(patch.values[(i, slice(None), *src)])
     inc.paste(out, patch, corner, add=add)
     torch.testing.assert_close(out, ref)
+
+
+class MaxHeads(nn.Module):
+    """Global-max heads the incremental engine reduces without pasting whole maps: a stride-1 3-D
+    convolution by linearity feeding BN -> ReLU -> sigmoid -> ``torch.amax(dim=(-3, -2, -1),
+    keepdim=True)``, a second branch through ``nn.AdaptiveMaxPool3d(1)``, and a convolution whose
+    output has two readers (an in-place ReLU there would corrupt the difference)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv3d(1, 6, 3, stride=2, padding=1)
+        self.b = nn.Conv3d(6, 6, 3, padding=1)
+        self.bn = nn.BatchNorm3d(6)
+        self.relu = nn.ReLU()
+        self.c = nn.Conv3d(6, 6, 3, padding=1, bias=False)
+        self.relu2 = nn.ReLU()
+        self.pool = nn.AdaptiveMaxPool3d(1)
+        self.head = nn.Linear(12, 3)
+
+    def forward(self, x):
+        x = self.relu(self.a(x))
+        m1 = torch.amax(torch.sigmoid(self.relu(self.bn(self.b(x)))), dim=(-3, -2, -1), keepdim=True)
+        y = self.c(x)
+        m2 = self.pool(self.relu2(y) - y)  # max(-2y, 0): an in-place ReLU on y would give 0
+        return self.head(torch.cat([m1, m2], 1).flatten(1))
+
+
+class MaxHead2d(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(3, 8, 3, padding=1)
+        self.b = nn.Conv2d(8, 8, 3, padding=1)
+        self.relu = nn.ReLU()
+        self.pool = nn.AdaptiveMaxPool2d(1)
+        self.head = nn.Linear(8, 2)
+
+    def forward(self, x):
+        return self.head(self.pool(self.relu(self.b(self.relu(self.a(x))))).flatten(1))
+
+
+@pytest.mark.parametrize("window,stride", [((4, 4, 4), (2, 2, 2)), ((3, 5, 2), (5, 3, 4))])
+def test_global_max_heads_equal_plain_3d(window, stride):
+    from xaibench.adapters.cnn.occlusion import window_masks_nd
+
+    torch.manual_seed(0)
+    model = MaxHeads().eval()
+    with torch.no_grad():
+        model.bn.running_mean.uniform_(-0.5, 0.5)
+        model.bn.running_var.uniform_(0.5, 2.0)
+        model.bn.weight.uniform_(-1.0, 1.0)  # negative scales too: a -inf past the border must not become +inf
+    image = torch.rand(1, 1, 16, 14, 12, generator=torch.Generator().manual_seed(2))
+    base = torch.zeros_like(image)
+    masks = window_masks_nd((16, 14, 12), window, stride)
+    ours = incremental_logits(model, image, base, masks, window, bs=13)
+    ref = plain_logits(model, image, base, masks)
+    plan = inc.Plan(inc.plan(model), image)
+    bound = {n.name for n in plan._max_bound}
+    assert {"b", "bn", "relu_1", "sigmoid", "sub"} <= bound and not {"a", "c", "relu2"} & bound
+    plan.logits_for(inc.input_patches(image, base, masks, window))
+    assert math.prod(plan.patch_sizes["b"][:3]) < math.prod(plan.patch_sizes["b"][3:])  # a box, not the map
+    assert (ref - ref[:1]).abs().max() > 1e-4
+    torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-4)
+
+
+def test_global_max_head_equals_plain_2d():
+    torch.manual_seed(0)
+    model = MaxHead2d().eval()
+    image, base, masks = _setup((3, 20, 17), (4, 4), (3, 3))
+    ours = incremental_logits(model, image, base, masks, (4, 4))
+    plan = inc.Plan(inc.plan(model), image)
+    assert {n.name for n in plan._max_bound} == {"b", "relu_1"}
+    torch.testing.assert_close(ours, plain_logits(model, image, base, masks), atol=1e-5, rtol=1e-4)
