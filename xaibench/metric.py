@@ -17,6 +17,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
+from .explainers import nonfinite_rows
 from .registry import Registry
 from .settings import validate
 from .types import KINDS, Attribution, Batch, Direction, MetricInfo, MetricScores
@@ -161,11 +162,8 @@ def nonfinite_maps(attr: Attribution) -> Tensor:
     b = attr.batch_size
     bad = torch.zeros(b, dtype=torch.bool)
     for v in (attr.values, attr.extras.get("pixel")):
-        if _per_sample(v, b) and v[0].numel():
-            # a row's max and min are NaN when it holds a NaN and ±Inf when it holds one: two fast
-            # reductions instead of a (B, n) isfinite map (256 maps of 224²: 2 ms, not 40 ms)
-            flat = v.detach().reshape(b, -1)
-            bad |= ~(torch.isfinite(flat.amax(1)) & torch.isfinite(flat.amin(1))).cpu()
+        if _per_sample(v, b):
+            bad |= nonfinite_rows(v).cpu()
     return bad
 
 
