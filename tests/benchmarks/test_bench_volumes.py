@@ -8,16 +8,22 @@ MONAI runs at its default ``n_batch=16``; the "limit" is the 343 occluded forwar
 batched as ours, on prebuilt inputs.
 
 History (2 shared cores): with plain batched forwards, ours and MONAI both sat at the forward
-floor (MONAI / ours 0.79-1.09, median 1.01, at one thread). Now the incremental engine runs on
-volumes too (``extras["engine"] == "incremental"``, asserted): stage1 and stage2 (stride 2) on
+floor (MONAI / ours 0.79-1.09, median 1.01, at one thread). The incremental engine then ran on
+volumes (``extras["engine"] == "incremental"``, asserted): stage1 and stage2 (stride 2) on
 their receptive-field boxes, stage3 and stage4 (stride 1) by linearity (the cached output plus
-the convolution of the change alone, whose zero padding the backend skips), stage4's output on
-copies of the whole 8³ map (it covers 7³ of it). Measured on a quiet machine (load < 1), seven
-rounds each, two runs of this file: MONAI 95.6 / 122.8 ms, ours 53.5 / 60.4 ms, the plain forwards
-61.3 / 74.7 ms, i.e. MONAI / ours = 1.79x and 2.03x (side-by-side scripts with nine alternating
-pairs: 1.8-2.75x, median ~2.1x). The issue's 2x is at the edge, not reliably met: the remaining
-time is ~19 ms of convolutions, ~9 ms of gathers from the cached maps, ~8 ms of pastes and
-copies, ~6 ms of pointwise work on the dense last stage.
+the convolution of the change alone), stage4's output on copies of the whole 8³ map: MONAI /
+ours 1.79x and 2.03x (quiet, 7 rounds). The 2x was at the edge; the rest was gathers, pastes,
+copies and pointwise work on the dense last stage, and ~10k page faults per explanation (the
+contiguous 3-D convolution's backend maps fresh scratch memory on every call; MONAI: ~300).
+
+Now (2026-11-29): the global max is a patch rule (the box's max against the cached map's max
+outside it), so stage4 stays a 7³ box into which the change adds in place (no copy, no
+scatter), channels-last (no scratch reorders); ReLU after an unshared conv/BN runs in place;
+shared-map gathers are one ``index_select``. In-process A/B with the previous engine: 0.70-0.77x
+its time, maps bitwise equal before the channels-last step (≤ 3e-7 after). This file, five
+runs on a noisy machine (load 1.5-2.2): MONAI / ours **3.14, 2.17, 3.15, 2.93, 2.87** (means of
+7 rounds); ours 0.81-0.97x the plain forwards. MONAI alone varied 144-258 ms between runs, ours
+64-90 ms.
 """
 
 import pytest
