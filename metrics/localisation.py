@@ -82,6 +82,7 @@ def _with_empty(scores: Tensor, masks: Tensor, extra: list[tuple[Tensor, str]] =
     empty = row_counts(masks).to(scores.device) == 0
     reasons: list[str | None] = [None] * len(scores)
     for cond, why in [(empty, EMPTY), *extra]:
+        cond = cond.to(scores.device)  # row kernels answer on the CPU, device maps on their device
         scores = torch.where(cond, torch.full_like(scores, math.nan), scores)
         for i in torch.nonzero(cond).flatten().tolist():
             reasons[i] = reasons[i] or why

@@ -80,6 +80,7 @@ def map_and_boxes(attr: Attribution, batch: Batch, who: str) -> tuple[Tensor, Te
 def _scores(score: Tensor, conds: list[tuple[Tensor, str]]) -> MetricScores:
     reasons: list[str | None] = [None] * len(score)
     for cond, why in conds:
+        cond = cond.to(score.device)  # row kernels answer on the CPU, device maps on their device
         score = torch.where(cond, torch.full_like(score, math.nan), score)
         for i in torch.nonzero(cond).flatten().tolist():
             reasons[i] = reasons[i] or why
@@ -144,7 +145,7 @@ def pointing_game_box(attr: Attribution, batch: Batch) -> MetricScores:
         raise ValueError("pointing_game_box: needs batch.boxes, one (k, 4) tensor per sample")
     h, w = m.shape[1:]
     pb = padded_boxes(batch.boxes)
-    idx = row_argmax(m.flatten(1))
+    idx = row_argmax(m.flatten(1)).cpu()  # the boxes are CPU tensors
     y, x = (idx // w).double()[:, None], (idx % w).double()[:, None]
     inside = (x >= pb[..., 0]) & (x < pb[..., 2]) & (y >= pb[..., 1]) & (y < pb[..., 3])  # (B, K)
     # a box holds a pixel when some integer lies in [x0, x1) ∩ [0, w) and in [y0, y1) ∩ [0, h)
