@@ -102,17 +102,15 @@ def _reach(pos: Tensor, size: int, k: int, s: int, p: int, d: int, n_out: int) -
 
 
 def gather_boxes(src: Tensor, corner: Tensor, size: tuple[int, ...], per_window: bool = False,
-                 contiguous: bool = True, channels_last: bool = False) -> Tensor:
+                 channels_last: bool = False) -> Tensor:
     """(P, C, *size) copies of the boxes of ``src`` whose first indices are ``corner`` (P, nd).
 
     ``src`` is one (C, *S) map shared by all windows, or with ``per_window`` a (P, *S) stack
     (then the result is (P, *size): each window's own box). A shared map is one ``index_select``
     of the boxes' flat spatial positions and one transpose (24 x 5³ boxes of 128 windows from an
     8³ map: 0.3 ms, where advanced indexing of a strided view of the boxes took 1.1 ms); a
-    per-window stack is one strided view and one gather. ``contiguous=False``: a shared map's boxes
-    may come as a (P, C, ...) view of a (C, P, ...) tensor (for a caller that adds them to a
-    fresh tensor anyway). ``channels_last``: a shared (C, *S) map's boxes in channels-last memory
-    order (one ``index_select`` of rows of the transposed map)."""
+    per-window stack is one strided view and one gather. ``channels_last``: a shared (C, *S) map's
+    boxes in channels-last memory order (one ``index_select`` of rows of the transposed map)."""
     src = src.contiguous()
     nd = len(size)
     lead, dims = src.shape[:-nd], src.shape[-nd:]
@@ -130,8 +128,7 @@ def gather_boxes(src: Tensor, corner: Tensor, size: tuple[int, ...], per_window:
         rows = src.reshape(math.prod(lead), -1).t().contiguous().index_select(0, flat.flatten())
         return rows.view(len(corner), *size, *lead).movedim(-1, 1)
     boxes = src.reshape(math.prod(lead), -1).index_select(1, flat.flatten())  # (L, P * box)
-    boxes = boxes.view(*lead, len(corner), *size).movedim(len(lead), 0)
-    return boxes.contiguous() if contiguous else boxes
+    return boxes.view(*lead, len(corner), *size).movedim(len(lead), 0).contiguous()
 
 
 def paste(out: Tensor, patch: Patch, corner: Tensor, add: bool = False) -> None:
