@@ -82,6 +82,11 @@ def image_map(attr: Attribution, x: Tensor, who: str) -> Tensor:
     return m.to(x.device).float()
 
 
+def region_count(h: int, w: int, patch: int) -> int:
+    """The number of ``patch``×``patch`` regions of an h×w map (the last row/column may be narrower)."""
+    return math.ceil(h / patch) * math.ceil(w / patch)
+
+
 def region_ranks(m: Tensor, patch: int, order: str) -> tuple[Tensor, int]:
     """(B, H*W) rank of each pixel's region in the removal order (0 = first) and the number of
     regions R. Regions are the ``patch``×``patch`` cells of a grid from the top-left corner (the
@@ -89,9 +94,8 @@ def region_ranks(m: Tensor, patch: int, order: str) -> tuple[Tensor, int]:
     b, H, W = m.shape
     ys = torch.arange(H, device=m.device) // patch
     xs = torch.arange(W, device=m.device) // patch
-    nx = (W + patch - 1) // patch
-    rid = (ys[:, None] * nx + xs[None, :]).flatten()
-    n_regions = int(rid.max()) + 1
+    rid = (ys[:, None] * math.ceil(W / patch) + xs[None, :]).flatten()
+    n_regions = region_count(H, W, patch)
     scores = torch.zeros(b, n_regions, dtype=torch.float64, device=m.device).index_add_(1, rid, m.flatten(1).double())
     order_idx = torch.argsort(-scores if order == "morf" else scores, dim=1, stable=True)
     rank = torch.empty_like(order_idx).scatter_(1, order_idx, torch.arange(n_regions, device=m.device).expand(b, -1))
@@ -154,7 +158,7 @@ def auc(curves: Tensor, xs: Tensor) -> Tensor:
 
 def _curve_auc(attr, batch, model, who, *, mode, order, baseline, step, patch, output, batch_size) -> Tensor:
     x, m, t = _setup(attr, batch, model, who)
-    n_regions = math.ceil(m.shape[1] / patch) * math.ceil(m.shape[2] / patch)  # as region_ranks counts them
+    n_regions = region_count(m.shape[1], m.shape[2], patch)
     per_step = max(1, round(step * n_regions))
     curves, xs = perturbation_curves(model, x, m, t, mode=mode, order=order, baseline=baseline, patch=patch,
                                      per_step=per_step, output=output, batch_size=batch_size)

@@ -78,15 +78,20 @@ def map_and_mask(attr: Attribution, batch: Batch, who: str) -> tuple[Tensor, Ten
     return m, masks
 
 
-def _with_empty(scores: Tensor, masks: Tensor, extra: list[tuple[Tensor, str]] = ()) -> MetricScores:
-    empty = row_counts(masks).to(scores.device) == 0
+def nan_where(scores: Tensor, conds: list[tuple[Tensor, str]]) -> MetricScores:
+    """``scores`` with NaN wherever a (B,) condition holds, the first matching condition's text as
+    the reason (conditions may sit on another device than the scores)."""
     reasons: list[str | None] = [None] * len(scores)
-    for cond, why in [(empty, EMPTY), *extra]:
+    for cond, why in conds:
         cond = cond.to(scores.device)  # row kernels answer on the CPU, device maps on their device
         scores = torch.where(cond, torch.full_like(scores, math.nan), scores)
         for i in torch.nonzero(cond).flatten().tolist():
             reasons[i] = reasons[i] or why
     return MetricScores(scores, reasons)
+
+
+def _with_empty(scores: Tensor, masks: Tensor, extra: list[tuple[Tensor, str]] = ()) -> MetricScores:
+    return nan_where(scores, [(row_counts(masks) == 0, EMPTY), *extra])
 
 
 def disk_dilate(masks: Tensor, radius: float) -> Tensor:

@@ -28,7 +28,7 @@ from torch import Tensor
 from xaibench import Attribution, Batch, MetricScores, register_metric
 
 from ._rows import mann_whitney_u, positive_sums, row_argmax, row_counts, top_k_rows
-from .localisation import EMPTY, binarise, binary_masks, map_and_mask
+from .localisation import EMPTY, binarise, binary_masks, map_and_mask, nan_where
 
 NO_BOX = "no box"
 PIXEL_KINDS = ("pixel", "token")
@@ -78,13 +78,7 @@ def map_and_boxes(attr: Attribution, batch: Batch, who: str) -> tuple[Tensor, Te
 
 
 def _scores(score: Tensor, conds: list[tuple[Tensor, str]]) -> MetricScores:
-    reasons: list[str | None] = [None] * len(score)
-    for cond, why in conds:
-        cond = cond.to(score.device)  # row kernels answer on the CPU, device maps on their device
-        score = torch.where(cond, torch.full_like(score, math.nan), score)
-        for i in torch.nonzero(cond).flatten().tolist():
-            reasons[i] = reasons[i] or why
-    return MetricScores(score.float(), reasons)
+    return nan_where(score.float(), conds)
 
 
 def _no_region(region: Tensor) -> Tensor:

@@ -101,6 +101,11 @@ def _reach(pos: Tensor, size: int, k: int, s: int, p: int, d: int, n_out: int) -
     return o0, out, o0 * s - p, (out - 1) * s + d * (k - 1) + 1
 
 
+def _on_axis(t: Tensor, a: int, nd: int) -> Tensor:
+    """A (P, k) tensor viewed as (P, 1, ..., k, ..., 1), to broadcast along spatial axis ``a`` of ``nd``."""
+    return t.view(t.shape[0], *([1] * a), t.shape[1], *([1] * (nd - a - 1)))
+
+
 def gather_boxes(src: Tensor, corner: Tensor, size: tuple[int, ...], per_window: bool = False,
                  channels_last: bool = False) -> Tensor:
     """(P, C, *size) copies of the boxes of ``src`` whose first indices are ``corner`` (P, nd).
@@ -123,7 +128,7 @@ def gather_boxes(src: Tensor, corner: Tensor, size: tuple[int, ...], per_window:
     flat = torch.zeros((len(corner),) + (1,) * nd, dtype=torch.long, device=corner.device)
     for a, (k, st) in enumerate(zip(size, spatial)):  # each box element's flat spatial position
         step = (corner[:, a, None] + torch.arange(k, device=corner.device)) * st
-        flat = flat + step.view(-1, *([1] * a), k, *([1] * (nd - a - 1)))
+        flat = flat + _on_axis(step, a, nd)
     if channels_last:  # (P * box, L) rows of the transposed map, viewed as (P, L, *size)
         rows = src.reshape(math.prod(lead), -1).t().contiguous().index_select(0, flat.flatten())
         return rows.view(len(corner), *size, *lead).movedim(-1, 1)
@@ -148,7 +153,7 @@ def paste(out: Tensor, patch: Patch, corner: Tensor, add: bool = False) -> None:
         idx = torch.zeros(len(rel), device=dev, dtype=torch.long).view(-1, *([1] * len(dims)))
         keep = None
         for a, (k, n, st) in enumerate(zip(sizes, dims, out.stride()[2:])):  # flat positions, axis by axis
-            pos = (rel[:, a, None] + torch.arange(k, device=dev)).view(-1, *([1] * a), k, *([1] * (len(dims) - a - 1)))
+            pos = _on_axis(rel[:, a, None] + torch.arange(k, device=dev), a, len(dims))
             if not inside:
                 ok = (pos >= 0) & (pos < n)
                 keep = ok if keep is None else keep & ok
@@ -376,7 +381,7 @@ class Plan:
             for a, (k, n) in enumerate(zip(patch.size, self._map_size(src))):
                 pos = torch.arange(n, device=cached.device)
                 ok = (pos >= corners[:, a, None]) & (pos < corners[:, a, None] + k)  # (U, n)
-                inbox &= ok.view(len(corners), *([1] * a), n, *([1] * (self.nd - a - 1)))
+                inbox &= _on_axis(ok, a, self.nd)
             outside = torch.where(inbox[:, None], torch.full((), -math.inf, dtype=cached.dtype, device=cached.device),
                                   cached[None]).amax(dim=dims)  # (U, C)
             inner = torch.maximum(inner, outside[which])
@@ -455,9 +460,7 @@ class Plan:
         if any(_spatial_tensor(self.cache.get(a), out_shape, self.nd) for a in node.all_input_nodes
                if a not in inputs):
             return None  # a constant that varies over space: run densely
-        unary = (node.op == "call_function" and node.target in _POINTWISE_FUNCS) or \
-                (node.op == "call_method" and node.target in _POINTWISE_METHODS)
-        if unary and len(inputs) == 1 and first is inputs[0]:
+        if _pointwise_call(node) and len(inputs) == 1 and first is inputs[0]:
             p = env[first]
             args, kwargs = torch.fx.node.map_arg((node.args, node.kwargs),
                                                  lambda n: p.values if n is first else self.cache[n])
@@ -484,6 +487,12 @@ def _cat_dim(node: torch.fx.Node) -> int | None:
 
 def _spatial_tensor(v: Any, shape: torch.Size, nd: int) -> bool:
     return isinstance(v, Tensor) and v.ndim >= nd and v.shape[-nd:] == shape[-nd:] and v.shape[-nd:].numel() > 1
+
+
+def _pointwise_call(node: torch.fx.Node) -> bool:
+    """A per-element function or tensor method (``torch.relu(x)``, ``x.clamp(...)``)."""
+    return (node.op == "call_function" and node.target in _POINTWISE_FUNCS) or \
+        (node.op == "call_method" and node.target in _POINTWISE_METHODS)
 
 
 def _pointwise_module(m: nn.Module) -> bool:
@@ -529,9 +538,8 @@ def _max_bound_nodes(graph: torch.fx.GraphModule, modules: dict[str, nn.Module],
         (user,) = node.users
         if user.args[:1] != (node,):
             continue
-        per_element = ((user.op == "call_module" and _pointwise_module(modules[str(user.target)]))
-                       or (user.op == "call_function" and user.target in _POINTWISE_FUNCS)
-                       or (user.op == "call_method" and user.target in _POINTWISE_METHODS))
+        per_element = _pointwise_call(user) or (user.op == "call_module"
+                                                and _pointwise_module(modules[str(user.target)]))
         if _global_max(user, modules, nd) is not None or (per_element and user in bound):
             bound.add(node)
     return bound
