@@ -21,7 +21,9 @@ inherited environment instead of a ``runtime_env`` (two workers' start with torc
 2.9 s), four runs on a noisier machine (load 1.2-1.4, local 21-24 s): Ray 2 workers 0.81, 1.26, 0.87,
 0.93x local, Ray 1 worker 1.20, 1.63, 1.16, 1.13x; three alternating pairs of local and Ray 2
 workers from one script: 1.13, 0.99, 0.92x. Single rounds of a ~20 s run swing by more than the
-target's 15% here.
+target's 15% here. With the driver running cells while Ray and its workers start (helpers' processes
+paused by SIGSTOP during the runs): alternating runs 1.21x / 1.09x (without the driver's cells 1.38x /
+1.25x); this file 1.13x (Ray 1 worker 1.07x), once 0.70x with a slow local side.
 """
 
 import pytest

@@ -18,6 +18,12 @@ written into the run folder. A worker that dies (killed, out of memory, a segfau
 cell it was running: Ray restarts the actor and runs that cell again (``max_task_retries``); a cell
 whose worker dies on every try is recorded as failed, and the grid goes on.
 
+While a local Ray it started is coming up (``ray.init``, then each worker importing torch and the
+plugins: seconds in all), the driver runs cells itself on a background thread, from the other end
+of the job list than the workers; it takes no new cell once every worker has answered, and hands
+its results to the same commit path. Off for a cluster (``--address``) and for GPU runs, where the
+driver's machine is not a worker; ``driver_cells`` turns it on or off explicitly.
+
 Ray is an optional extra: ``pip install 'xaibench[ray]'``.
 """
 
@@ -29,7 +35,9 @@ import functools
 import importlib
 import json
 import os
+import queue
 import sys
+import threading
 import time
 import warnings
 from collections import deque
@@ -44,7 +52,7 @@ from ..store import CellResult
 from .config import Cell, Study
 from .executor import BatchCallback, Job, WorkFn, register_executor
 from .specs import Spec
-from .work import RunContext, execute_job
+from .work import JobState, RunContext, execute_cell, execute_job, failed_cell, resolve_device
 
 #: How often Ray runs a cell again after its worker died (then it is recorded as failed).
 MAX_TASK_RETRIES = 2
@@ -201,7 +209,7 @@ class RayExecutor:
     """
 
     def __init__(self, address: str | None = None, workers: int | None = None, gpus_per_worker: float = 0.0,
-                 cpus_per_worker: float = 1.0) -> None:
+                 cpus_per_worker: float = 1.0, driver_cells: bool | None = None) -> None:
         import_ray()
         if workers is not None and int(workers) < 1:
             raise ValueError(f"--workers must be >= 1, got {workers}")
@@ -210,6 +218,9 @@ class RayExecutor:
                              f"{cpus_per_worker}")
         self.address, self.workers = address, workers
         self.gpus_per_worker, self.cpus_per_worker = float(gpus_per_worker), float(cpus_per_worker)
+        self.driver_cells = driver_cells
+        #: cells the driver ran itself in the last run (see the module's docstring)
+        self.n_driver_cells = 0
 
     # -------------------------------------------------------------- cluster
     def _connect(self) -> bool:
@@ -233,6 +244,13 @@ class RayExecutor:
             n = min(n, int(res.get("GPU", 0) // self.gpus_per_worker))
         return max(1, n)
 
+    def _use_driver(self, ray: Any, ctx: RunContext) -> bool:
+        """Whether the driver runs cells while the workers start: by default only when this run starts
+        a local Ray itself and computes on the CPU."""
+        if self.driver_cells is not None:
+            return bool(self.driver_cells)
+        return not self.address and not ray.is_initialized() and resolve_device(ctx.device).type == "cpu"
+
     # -------------------------------------------------------------- run
     def run(self, jobs: Sequence[Job], work: WorkFn, on_result: Callable[[CellResult], None],
             on_batch: BatchCallback) -> None:
@@ -240,68 +258,89 @@ class RayExecutor:
         if ctx.device.startswith("cuda") and self.gpus_per_worker == 0:
             raise ValueError(f"--device {ctx.device} with --executor ray needs GPUs for the workers: add "
                              "--gpus-per-worker G (e.g. 1, or 0.5 to share a GPU between two workers)")
-        cells = [c for j in jobs for c in j.cells]
-        if not cells:
+        self.n_driver_cells = 0
+        if not any(j.cells for j in jobs):
             return
         ray = import_ray()
-        started = self._connect()
+        dispatch = _Dispatch(jobs)
+        data = {c.key: cell_to_data(c) for j in jobs for c in j.cells}
+        driver = _DriverCells(ctx, dispatch) if self._use_driver(ray, ctx) else None
+        if driver is not None:
+            driver.start()  # before ray.init: the driver computes while Ray and its workers start
         try:
-            self._run(ray, jobs, dataclasses.asdict(ctx), plugin_modules(cells), on_result, on_batch)
+            started = self._connect()
+            try:
+                self._run(ray, dispatch, data, dataclasses.asdict(ctx),
+                          plugin_modules([c for j in jobs for c in j.cells]), driver, on_result, on_batch)
+            finally:
+                if started:
+                    ray.shutdown()
+        except Exception:
+            if driver is not None:  # nothing the driver finished is lost when Ray fails
+                driver.stop.set()
+                driver.join()
+                self._drain(driver, on_result, on_batch, wait=False)
+            raise
         finally:
-            if started:
-                ray.shutdown()
+            if driver is not None:
+                driver.stop.set()
 
     def _actor(self, ray: Any) -> Any:
         cls = ray.remote(CellWorker).options(num_cpus=self.cpus_per_worker, num_gpus=self.gpus_per_worker,
                                              max_restarts=-1, max_task_retries=MAX_TASK_RETRIES)
         return cls.remote()
 
-    def _run(self, ray: Any, jobs: Sequence[Job], ctx: dict[str, Any], imports: list[str],
-             on_result: Callable[[CellResult], None], on_batch: BatchCallback) -> None:
-        queues = [deque(j.cells) for j in jobs]
-        data = {c.key: cell_to_data(c) for j in jobs for c in j.cells}
-        n = min(self._n_actors(), len(data))
-        actors = [self._actor(ray) for _ in range(n)]  # released at the end: idle workers hold no resources
+    def _drain(self, driver: _DriverCells, on_result: Callable[[CellResult], None], on_batch: BatchCallback,
+               wait: bool) -> bool:
+        """Commit the driver's finished cells (``wait``: block until there is one); False once it is done."""
         try:
-            self._loop(ray, actors, queues, data, ctx, imports, on_result, on_batch)
+            item = driver.results.get() if wait else driver.results.get_nowait()
+            while True:
+                if item is None:
+                    return False
+                self.n_driver_cells += 1
+                on_batch(item.key, 1, 1)
+                on_result(item)
+                item = driver.results.get_nowait()
+        except queue.Empty:
+            return True
+
+    def _run(self, ray: Any, dispatch: _Dispatch, data: dict[str, Any], ctx: dict[str, Any], imports: list[str],
+             driver: _DriverCells | None, on_result: Callable[[CellResult], None], on_batch: BatchCallback) -> None:
+        n = max(1, min(self._n_actors(), len(data)))
+        actors = [self._actor(ray) for _ in range(n)]  # released at the end: idle workers hold no resources
+        # an actor answers a ping once its __init__ (imports, plugins) is done: then the driver stops taking cells
+        pings = [a.ping.remote() for a in actors] if driver is not None else []
+        try:
+            self._loop(ray, actors, pings, dispatch, data, ctx, imports, driver, on_result, on_batch)
         finally:
             for actor in actors:
                 with contextlib.suppress(Exception):
                     ray.kill(actor, no_restart=True)
 
-    def _loop(self, ray: Any, actors: list[Any], queues: list[deque[Cell]], data: dict[str, Any],
-              ctx: dict[str, Any], imports: list[str], on_result: Callable[[CellResult], None],
-              on_batch: BatchCallback) -> None:
-        n = len(actors)
-        current: list[int | None] = [None] * n  # the job each actor holds
+    def _loop(self, ray: Any, actors: list[Any], pings: list[Any], dispatch: _Dispatch, data: dict[str, Any],
+              ctx: dict[str, Any], imports: list[str], driver: _DriverCells | None,
+              on_result: Callable[[CellResult], None], on_batch: BatchCallback) -> None:
         flight: dict[Any, tuple[int, Cell]] = {}
 
-        def next_cell(a: int) -> Cell | None:
-            j = current[a]
-            if j is None or not queues[j]:
-                held = {x for x in current if x is not None}
-                fresh = [i for i, q in enumerate(queues) if q and i not in held]
-                if fresh:
-                    j = fresh[0]
-                else:  # every job left is held: help the one with most cells left (from its end)
-                    left = [i for i, q in enumerate(queues) if q]
-                    if not left:
-                        return None
-                    j = max(left, key=lambda i: len(queues[i]))
-                    current[a] = j
-                    return queues[j].pop()
-                current[a] = j
-            return queues[j].popleft()
-
         def submit(a: int) -> None:
-            cell = next_cell(a)
+            cell = dispatch.next(a)
             if cell is not None:
                 flight[actors[a].run.remote(ctx, data[cell.key], imports)] = (a, cell)
 
-        for a in range(n):
+        for a in range(len(actors)):
             submit(a)
-        while flight:
-            ready, _ = ray.wait(list(flight), num_returns=1)
+        driving = driver is not None
+        while flight or driving:
+            if driving:
+                if pings:
+                    _, pings = ray.wait(pings, num_returns=len(pings), timeout=0)
+                    if not pings:
+                        driver.stop.set()  # every worker is up: the driver finishes its cell and stops
+                driving = self._drain(driver, on_result, on_batch, wait=not flight)
+                if not flight:
+                    continue
+            ready, _ = ray.wait(list(flight), num_returns=1, timeout=0.05 if driving else None)
             for ref in ready:
                 a, cell = flight.pop(ref)
                 try:
@@ -310,10 +349,78 @@ class RayExecutor:
                     res = _lost(cell, exc)
                     with contextlib.suppress(Exception):
                         ray.kill(actors[a], no_restart=True)
-                    actors[a], current[a] = self._actor(ray), None
+                    actors[a] = self._actor(ray)
+                    dispatch.release(a)
                 on_batch(cell.key, 1, 1)
                 on_result(res)
                 submit(a)
+
+
+class _Dispatch:
+    """Hands out the cells of the jobs. An owner (a worker's index, or ``"driver"``) stays on its job
+    while it has cells left, then takes a job nobody holds — workers from the front of the list, the
+    driver from the back — or, when every job left is held, helps the one with most cells left from
+    its end. Thread-safe (the driver takes cells from its own thread)."""
+
+    def __init__(self, jobs: Sequence[Job]) -> None:
+        self.queues = [deque(j.cells) for j in jobs]
+        self.current: dict[Any, tuple[int, bool]] = {}  # owner -> (job, from its end)
+        self.lock = threading.Lock()
+
+    def next(self, owner: Any, back: bool = False) -> Cell | None:
+        with self.lock:
+            j, from_end = self.current.get(owner, (None, False))
+            if j is None or not self.queues[j]:
+                held = {x for x, _ in self.current.values()}
+                fresh = [i for i, q in enumerate(self.queues) if q and i not in held]
+                if fresh:
+                    j, from_end = (fresh[-1] if back else fresh[0]), False
+                else:
+                    left = [i for i, q in enumerate(self.queues) if q]
+                    if not left:
+                        self.current.pop(owner, None)
+                        return None
+                    j, from_end = max(left, key=lambda i: len(self.queues[i])), True
+                self.current[owner] = (j, from_end)
+            return self.queues[j].pop() if from_end else self.queues[j].popleft()
+
+    def release(self, owner: Any) -> None:
+        """The owner holds no job any more (stopped, or its worker was replaced)."""
+        with self.lock:
+            self.current.pop(owner, None)
+
+
+class _DriverCells(threading.Thread):
+    """The driver's own cells, run on a background thread until ``stop`` is set; each result (then a
+    final None) goes to ``results`` for the main thread to commit."""
+
+    def __init__(self, ctx: RunContext, dispatch: _Dispatch) -> None:
+        super().__init__(name="xaibench-driver-cells", daemon=True)
+        self.ctx, self.dispatch = ctx, dispatch
+        self.results: queue.Queue[CellResult | None] = queue.Queue()
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        state: JobState | None = None
+        key: tuple[str, str] | None = None
+        try:
+            while not self.stop.is_set():
+                cell = self.dispatch.next("driver", back=True)
+                if cell is None:
+                    break
+                t_cell = time.perf_counter()
+                if (cell.study.name, cell.model.label) != key:
+                    state, key = None, None
+                    try:
+                        state = JobState(self.ctx, Job(cell.study.name, cell.model.label, (cell,)))
+                        key = (cell.study.name, cell.model.label)
+                    except Exception as exc:  # noqa: BLE001 - the model could not be built: this cell fails with why
+                        self.results.put(failed_cell(cell, exc, self.ctx, t_cell))
+                        continue
+                self.results.put(execute_cell(state, cell, lambda *_: None))
+        finally:
+            self.dispatch.release("driver")
+            self.results.put(None)
 
 
 def _lost(cell: Cell, exc: BaseException) -> CellResult:
