@@ -254,9 +254,11 @@ def costs_from_table(path: str | Path = COST_TABLE) -> Costs:
     return out
 
 
-def write_cost_table(run_dir: str | Path, out: str | Path = COST_TABLE) -> Path:
+def write_cost_table(run_dir: str | Path, out: str | Path = COST_TABLE, check_run: str | Path | None = None) -> Path:
     """Write a cost table from a finished run: per (explainer, model, dataset) seconds and forwards per
-    sample, the run's start-up seconds and its wall time (for the plan's check against it)."""
+    sample, the run's start-up seconds and its wall time. ``check_run``: a second, independent run of the
+    same grid on the same machine whose wall time the plan is checked against (``tests/test_plan.py``),
+    so the check does not compare the table with the run it was read from."""
     costs = costs_from_run(run_dir)
     with Store.open(run_dir) as st:
         meta = st.get_meta()
@@ -271,6 +273,14 @@ def write_cost_table(run_dir: str | Path, out: str | Path = COST_TABLE) -> Path:
         "wall_seconds": wall, "host": meta.get("host"), "versions": meta.get("versions"),
         "devices": meta.get("devices"), "cells": sorted(costs.by_key)},
         "setup_seconds": round(costs.setup_seconds, 3), "entries": entries}
+    if check_run is not None:
+        with Store.open(check_run) as st:
+            cmeta, ccells = st.get_meta(), st.cells()
+        if cmeta.get("started_at") == meta.get("started_at"):
+            raise ValueError("check_run is the run the table is read from; pass an independent run of the grid")
+        data["check"] = {"run": cmeta.get("name"), "config_hash": cmeta.get("config_hash"),
+                         "started_at": cmeta.get("started_at"), "wall_seconds": run_wall_seconds(cmeta),
+                         "cells": sorted(ccells["cell_key"])}
     from .util import atomic_write_text
     atomic_write_text(out, json.dumps(data, indent=1) + "\n")
     return Path(out)
