@@ -40,6 +40,7 @@ import torch
 
 from ..registry import Registry, load_plugins
 from ..store import load_examples
+from .mosaic import grid_figure, panel
 
 FigureFn = Callable[[Path, pd.DataFrame, pd.DataFrame], "list[tuple[str, Path]]"]
 #: Report figure functions ``fn(run_dir, results, summary) -> [(title, png_path), ...]``.
@@ -193,22 +194,18 @@ def overlays(run_dir: Path, results: pd.DataFrame, summary: pd.DataFrame, n: int
         if not exs:
             continue
         k = min(n, exs[0]["inputs"].shape[0])
-        fig = new_figure(1.5 * (len(exs) + 1), 1.55 * k + 0.4)
-        axes = fig.subplots(k, len(exs) + 1, squeeze=False)
+        masks = exs[0].get("masks")
+        ids = exs[0].get("ids") or [str(i) for i in range(k)]
+        tiles = []
         for i in range(k):
             img = _image(exs[0]["inputs"][i])
-            masks = exs[0].get("masks")
             mask = masks[i].numpy() if isinstance(masks, torch.Tensor) and masks.ndim == 3 else None
-            overlay(axes[i, 0], img, None, mask)
-            axes[i, 0].set_ylabel((exs[0].get("ids") or [str(i)] * k)[i].split("/")[-1], fontsize=7)
-            for j, ex in enumerate(exs, start=1):
-                px = _pixel(ex)
-                heat = px[i].float().numpy() if i < px.shape[0] else None
-                overlay(axes[i, j], img, heat, mask)
-                if i == 0:
-                    axes[i, j].set_title(ex["explainer"], fontsize=7)
-        axes[0, 0].set_title("input (mask outline)", fontsize=7)
-        fig.suptitle(f"{key[0]}: {key[1]} / {key[2]} (maps min-max scaled for display only)", fontsize=9)
+            tiles.append([panel(img, None, mask)] + [
+                panel(img, px[i].float().numpy(), mask) if i < px.shape[0] else None
+                for px in (_pixel(ex) for ex in exs)])
+        fig = grid_figure(tiles, ["input (mask outline)", *(ex["explainer"] for ex in exs)],
+                          [str(ids[i]).split("/")[-1] for i in range(k)],
+                          f"{key[0]}: {key[1]} / {key[2]} (maps min-max scaled for display only)")
         out.append((f"{key[0]}: example maps on {key[1]} / {key[2]}",
                     save(fig, figure_path(run_dir, f"overlays_{key[0]}_{key[1]}_{key[2]}"))))
     return out

@@ -18,7 +18,8 @@ import pandas as pd
 import torch
 
 from ..store import load_examples
-from .figures import figure_path, new_figure, overlay, register_figure, save
+from .figures import figure_path, register_figure, save
+from .mosaic import grid_figure, panel
 
 PLANES = ("axial", "coronal", "sagittal")
 
@@ -64,36 +65,31 @@ def voxel_planes(run_dir: Path, results: pd.DataFrame, summary: pd.DataFrame, n:
     for key in [k for k in order if k in groups]:
         exs = sorted(groups[key], key=lambda e: (e.get("is_baseline", False), method_order.get(e["explainer"], 1e9)))
         k = min(n, exs[0]["inputs"].shape[0])
-        cols = len(exs) + 1
-        fig = new_figure(1.45 * cols, 1.5 * 3 * k + 0.5)
-        axes = fig.subplots(3 * k, cols, squeeze=False)
+        tiles, labels = [], []
         for i in range(k):
             vol = _display(exs[0]["inputs"][i])
             masks = exs[0].get("masks")
             mask = masks[i].numpy().astype(bool) if isinstance(masks, torch.Tensor) and masks.ndim == 4 else None
             centre = _centre(mask, vol.shape)
-            for p, (img, m) in enumerate(zip(planes_through(vol, centre),
-                                             planes_through(mask, centre) if mask is not None else [None] * 3)):
-                ax = axes[3 * i + p, 0]
-                overlay(ax, img, None, m)
-                sid = (exs[0].get("ids") or [str(i)] * k)[i].split("/")[-1]
-                ax.set_ylabel(f"{sid}\n{PLANES[p]}" if p == 0 else PLANES[p], fontsize=6)
-            for j, ex in enumerate(exs, start=1):
+            sid = (exs[0].get("ids") or [str(i)] * k)[i].split("/")[-1]
+            rows = [[panel(img, None, m)] for img, m in zip(planes_through(vol, centre), planes_through(mask, centre)
+                                                             if mask is not None else [None] * 3)]
+            for ex in exs:
                 if i >= ex["values"].shape[0]:
+                    for row in rows:
+                        row.append(None)
                     continue
                 heat = ex["values"][i].float().numpy()
                 peak = argmax3(heat)
+                marks = [(peak[1], peak[2]), (peak[0], peak[2]), (peak[0], peak[1])]
                 for p, (img, hm, m) in enumerate(zip(planes_through(vol, peak), planes_through(heat, peak),
                                                      planes_through(mask, peak) if mask is not None else [None] * 3)):
-                    ax = axes[3 * i + p, j]
-                    overlay(ax, img, hm, m)
-                    ax.plot(*[(peak[2], peak[1]), (peak[2], peak[0]), (peak[1], peak[0])][p], marker="+", color="white",
-                            markersize=6, mew=1.0)
-                    if i == 0 and p == 0:
-                        ax.set_title(ex["explainer"], fontsize=7)
-        axes[0, 0].set_title("input (mask outline)", fontsize=7)
-        fig.suptitle(f"{key[0]}: {key[1]} / {key[2]}: planes through each map's maximum (+); "
-                     "maps min-max scaled for display only", fontsize=8)
+                    rows[p].append(panel(img, hm, m, marker=marks[p]))
+            tiles += rows
+            labels += [f"{sid}\n{PLANES[0]}", PLANES[1], PLANES[2]]
+        cols = ["input (mask outline)", *(ex["explainer"] for ex in exs)]
+        fig = grid_figure(tiles, cols, labels, f"{key[0]}: {key[1]} / {key[2]}: planes through each map's maximum "
+                                               "(+); maps min-max scaled for display only")
         out.append((f"{key[0]}: voxel maps on {key[1]} / {key[2]} (axial, coronal, sagittal)",
                     save(fig, figure_path(run_dir, f"voxel_planes_{key[0]}_{key[1]}_{key[2]}"))))
     return out

@@ -20,7 +20,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from xaibench.report.figures import figure_path, new_figure, overlay, register_figure, save
+from xaibench.report.figures import figure_path, new_figure, register_figure, save
+from xaibench.report.mosaic import grid_figure, panel
 from xaibench.store import load_run
 
 from .analyses import class_maps, normalise_maps, similarity_maps
@@ -106,22 +107,17 @@ def faces_class_maps(run_dir: Path, results: pd.DataFrame, summary: pd.DataFrame
             maps = [class_maps(model, [batch], m["name"], m.get("params") or {}, num_classes=k, classes=classes,
                                maps=[full]) for m, full in zip(methods, explained)]
         gt = torch.stack([batch.masks[batch.targets == c].float().mean(0) for c in range(k)])
-        fig = new_figure(1.45 * (len(methods) + 1), 1.5 * k + 0.5)
-        axes = fig.subplots(k, len(methods) + 1, squeeze=False)
+        tiles, labels = [], []
         for c in range(k):
             face = maps[0].faces[c]
             img = _image(face) if torch.isfinite(face).all() else np.zeros((*gt.shape[-2:], 3))
             region = (gt[c] > 0.5).numpy()
-            overlay(axes[c, 0], img, None, region)
-            axes[c, 0].set_ylabel(f"{classes[c]}\n(n={int(maps[0].counts[c])})", fontsize=7)
-            for j, cm in enumerate(maps, start=1):
-                heat = cm.maps[c].numpy() if cm.counts[c] > 0 else None
-                overlay(axes[c, j], img, heat, region)
-                if c == 0:
-                    axes[c, j].set_title(methods[j - 1].get("label", methods[j - 1]["name"]), fontsize=7)
-        axes[0, 0].set_title("composite face", fontsize=7)
-        fig.suptitle(f"{st['name']}: syndrome-wise maps on composite faces ({item['model']['label']}, "
-                     f"{PER_CLASS} test faces per class, correct ones only)", fontsize=9)
+            labels.append(f"{classes[c]}\n(n={int(maps[0].counts[c])})")
+            tiles.append([panel(img, None, region)] + [panel(img, cm.maps[c].numpy(), region) if cm.counts[c] > 0
+                                                       else panel(img, None, region) for cm in maps])
+        fig = grid_figure(tiles, ["composite face", *(m.get("label", m["name"]) for m in methods)], labels,
+                          f"{st['name']}: syndrome-wise maps on composite faces ({item['model']['label']}, "
+                          f"{PER_CLASS} test faces per class, correct ones only)")
         out.append((f"{st['name']}: syndrome-wise maps and composite faces",
                     save(fig, figure_path(run_dir, f"faces_class_maps_{st['name']}"))))
         out += _patients(run_dir, st, methods, explained, batch, classes)
@@ -139,19 +135,17 @@ def _similarity(run_dir: Path, st: dict[str, Any], model: Any, batch: Any, class
     pairs = [p for p in pairs if len(p) == 2]
     a, b = batch.inputs[[int(p[0]) for p in pairs]], batch.inputs[[int(p[1]) for p in pairs]]
     ma, mb = similarity_maps(model, a, b)
-    fig = new_figure(6.0, 1.5 * len(pairs) + 0.5)
-    axes = fig.subplots(len(pairs), 4, squeeze=False)
+    tiles = []
     for r, p in enumerate(pairs):
-        for j, (img, m, idx) in enumerate(((a[r], ma[r], p[0]), (b[r], mb[r], p[1]))):
-            region = batch.masks[int(idx)].numpy()
-            overlay(axes[r, 2 * j], _image(img), None, region)
-            sm = normalise_maps(m[None])[0].numpy()
-            axes[r, 2 * j + 1].imshow(_image(img) * 0.5 + 0.25)
-            axes[r, 2 * j + 1].imshow(sm, cmap="RdBu_r", vmin=-1, vmax=1, alpha=0.75)
-            axes[r, 2 * j + 1].set_xticks([]), axes[r, 2 * j + 1].set_yticks([])
-        axes[r, 0].set_ylabel(classes[int(batch.targets[int(p[0])])], fontsize=7)
-    fig.suptitle(f"{st['name']}: face_embedder similarity maps\n(what makes two faces of a syndrome similar)",
-                 fontsize=9)
+        row = []
+        for img, m, idx in ((a[r], ma[r], p[0]), (b[r], mb[r], p[1])):
+            row += [panel(_image(img), None, batch.masks[int(idx)].numpy()),
+                    panel(_image(img), normalise_maps(m[None])[0].numpy(), cmap="RdBu_r", alpha=0.75, vrange=(-1, 1),
+                          dim=True)]
+        tiles.append(row)
+    fig = grid_figure(tiles, ["face A", "similarity map A", "face B", "similarity map B"],
+                      [classes[int(batch.targets[int(p[0])])] for p in pairs],
+                      f"{st['name']}: face_embedder similarity maps (what makes two faces of a syndrome similar)")
     return [(f"{st['name']}: similarity maps of the embedding model",
              save(fig, figure_path(run_dir, f"faces_similarity_{st['name']}")))]
 
@@ -164,24 +158,15 @@ def _patients(run_dir: Path, st: dict[str, Any], methods: list[dict[str, Any]], 
     idx = [int(torch.nonzero(batch.targets == c)[0]) for c in range(len(classes)) if (batch.targets == c).any()]
     sub = batch.select(idx)
     attrs = [full[idx] for full in explained]
-    fig = new_figure(1.45 * (len(methods) + 1), 1.5 * len(idx) + 0.5)
-    axes = fig.subplots(len(idx), len(methods) + 1, squeeze=False)
+    tiles = []
     for r in range(len(idx)):
-        img = _image(sub.inputs[r])
-        region = sub.masks[r].numpy()
-        axes[r, 0].imshow(img)
-        axes[r, 0].set_xticks([]), axes[r, 0].set_yticks([])
-        axes[r, 0].set_ylabel(classes[int(sub.targets[r])], fontsize=7)
-        for j, a in enumerate(attrs, start=1):
-            m = normalise_maps(a[r:r + 1])[0].numpy()
-            axes[r, j].imshow(img * 0.5 + 0.25)
-            axes[r, j].imshow(m, cmap="RdBu_r", vmin=-1, vmax=1, alpha=0.75)
-            if region.any():
-                axes[r, j].contour(region.astype(float), levels=[0.5], colors="k", linewidths=0.6)
-            axes[r, j].set_xticks([]), axes[r, j].set_yticks([])
-            if r == 0:
-                axes[r, j].set_title(methods[j - 1].get("label", methods[j - 1]["name"]), fontsize=7)
-    fig.suptitle(f"{st['name']}: patient-wise maps (red positive, blue negative evidence; max-abs scaled)", fontsize=9)
+        img, region = _image(sub.inputs[r]), sub.masks[r].numpy()
+        tiles.append([panel(img)] + [panel(img, normalise_maps(at[r:r + 1])[0].numpy(), region, cmap="RdBu_r",
+                                           alpha=0.75, vrange=(-1, 1), dim=True, outline=(0.0, 0.0, 0.0))
+                                     for at in attrs])
+    fig = grid_figure(tiles, ["face", *(m.get("label", m["name"]) for m in methods)],
+                      [classes[int(sub.targets[r])] for r in range(len(idx))],
+                      f"{st['name']}: patient-wise maps (red positive, blue negative evidence; max-abs scaled)")
     return [(f"{st['name']}: patient-wise maps, one face per syndrome",
              save(fig, figure_path(run_dir, f"faces_patients_{st['name']}")))]
 
