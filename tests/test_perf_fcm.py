@@ -101,3 +101,88 @@ def test_attention_equals_previous_hidden_float32():
         layer = model.layers[1]
         ref = attention_received(layer.queries(x[0][q[0]][None])[0], layer.keys(x)[0], model.n_heads, layer.eps)
     torch.testing.assert_close(ours[0], ref, atol=1e-4, rtol=1e-4)
+
+
+# --- the fused paths against a plain, unchunked reference (module maths over all events at once) ---
+
+def reference_forward(model, events):
+    """The model's own maths, unchunked: embed, each ``ReluFormerLayer.forward`` over all events, head."""
+    x = model.embed(events)
+    for layer in model.layers:
+        x = layer(x)
+    return model.head(model.norm(x))
+
+
+def _odd_model(chunk, dead_head=False):
+    """A float32 model with non-trivial norms; ``dead_head``: layer 0's head 1 has ReLU(K) = 0 for
+    every event (its normaliser is clamped to eps) and layer 1's head 0 has ReLU(Q) = 0."""
+    model = _model(chunk)
+    if dead_head:
+        with torch.no_grad():
+            model.layers[0].attn.qkv.bias[64 + 16:64 + 32] = -1e3
+            model.layers[1].attn.qkv.bias[0:16] = -1e3
+    return model
+
+
+CASES = [(1, 2501, 1000), (3, 777, 256), (2, 100, 1000), (1, 1000, 1000)]  # odd N, batch > 1, N < chunk, N == chunk
+
+
+@pytest.mark.parametrize("onednn", [True, False])
+@pytest.mark.parametrize("b,n,chunk", CASES)
+def test_fused_forward_equals_reference(b, n, chunk, onednn, monkeypatch):
+    from xaibench.adapters.fcm import model as fcm_model
+    if not onednn:
+        monkeypatch.setattr(fcm_model, "_LINEAR_POINTWISE", None)
+    for dead in (False, True):
+        model, e = _odd_model(chunk, dead), _events(b, n)
+        with torch.inference_mode():
+            ours, ref = model(e), reference_forward(model, e)
+        torch.testing.assert_close(ours, ref, atol=2e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("b,n,chunk", CASES)
+def test_hand_backward_equals_reference_autograd(b, n, chunk):
+    """The hand-written input gradient (frozen parameters) against autograd through the unchunked module maths."""
+    for dead in (False, True):
+        model, e = _odd_model(min(chunk, n - 1), dead), _events(b, n)  # chunk < N: the chunked autograd function
+        for p in model.parameters():
+            p.requires_grad_(False)
+        w = torch.randn(b, n, 2, generator=torch.Generator().manual_seed(5))
+        grads = []
+        for fn in (model, lambda x: reference_forward(model, x)):
+            x = e.clone().requires_grad_(True)
+            grads.append(torch.autograd.grad((fn(x) * w).sum(), x)[0])
+        torch.testing.assert_close(grads[0], grads[1], atol=1e-5, rtol=1e-3)
+
+
+def test_hand_backward_of_one_layer_float64():
+    """One block's hand-written input gradient against autograd, float64 (tight: the maths, not rounding)."""
+    from xaibench.adapters.fcm.model import _ChunkedLayer
+    model = _odd_model(300, dead_head=True).double()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    x0 = torch.randn(2, 1001, 64, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    gy = torch.randn(2, 1001, 64, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    for layer in model.layers:
+        a, b = (x0.clone().requires_grad_(True) for _ in range(2))
+        ga = torch.autograd.grad(_ChunkedLayer.apply(a, layer, 300, *layer.parameters()), a, gy)[0]
+        gb = torch.autograd.grad(layer(b), b, gy)[0]
+        torch.testing.assert_close(ga, gb, atol=1e-10, rtol=1e-8)
+
+
+@pytest.mark.parametrize("b,n,chunk", CASES)
+def test_attention_equals_reference(b, n, chunk):
+    from xaibench.adapters.fcm.explainers import attention_received
+    model, e = _odd_model(chunk), _events(b, n)
+    q = torch.zeros(b, n, dtype=torch.bool)
+    q[:, 3::5] = True
+    for li in (0, 1):
+        ours = xaibench.create_explainer("fcm.attention", model, queries=q, layer=li, n_queries=None).explain(e).values
+        with torch.no_grad():
+            x = model.embed(e)
+            for layer in model.layers[:li]:
+                x = layer(x)
+            layer = model.layers[li]
+            ref = torch.stack([attention_received(layer.queries(x[i][q[i]][None])[0], layer.keys(x[i][None])[0],
+                                                  model.n_heads, layer.eps) for i in range(b)])
+        torch.testing.assert_close(ours, ref, atol=1e-4, rtol=1e-4)

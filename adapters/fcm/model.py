@@ -124,54 +124,180 @@ def _folded(norm: nn.LayerNorm, lin: nn.Linear) -> tuple[Tensor, Tensor]:
     return w.t(), b
 
 
+try:  # oneDNN's linear layer with a fused activation or residual addition (CPU builds with mkldnn)
+    _LINEAR_POINTWISE: Any = torch.ops.mkldnn._linear_pointwise
+except (AttributeError, RuntimeError):  # pragma: no cover - builds without oneDNN
+    _LINEAR_POINTWISE = None
+
+
+def _use_onednn(x: Tensor) -> bool:
+    return (_LINEAR_POINTWISE is not None and x.device.type == "cpu" and x.dtype == torch.float32
+            and torch.backends.mkldnn.is_available())
+
+
+class _Fused:
+    """A block's weights laid out for the fused chunked paths, (out, in), detached.
+
+    The layer norms' scale and shift are folded into the next linear layer (``_folded``); the
+    key/value projection has one more output, constant 1 (zero weights, bias 1), so that
+    ReLU(K)ᵀ[V | 1] = [ReLU(K)ᵀV | ΣReLU(K)] is a single GEMM. ``onednn``: the feed-forward
+    runs as oneDNN linear layers with GELU and the residual addition fused in (float32 CPU),
+    otherwise as ``addmm`` with a separate GELU."""
+
+    def __init__(self, layer: ReluFormerLayer, onednn: bool) -> None:
+        att = layer.attn
+        d = att.qkv.in_features
+        self.d, self.heads, self.dh, self.onednn = d, att.n_heads, att.head_dim, onednn
+        self.eps, self.eps1, self.eps2 = layer.eps, layer.norm1.eps, layer.norm2.eps
+        self.approximate = getattr(layer.ffn[1], "approximate", "none")
+        with torch.no_grad():
+            wqkv, bqkv = _folded(layer.norm1, att.qkv)  # (in, 3d)
+            self.wq, self.bq = wqkv[:, :d].t().contiguous(), bqkv[:d].contiguous()
+            self.wkv = torch.cat([wqkv[:, d:], wqkv.new_zeros(d, 1)], 1).t().contiguous()  # (2d + 1, d)
+            self.bkv = torch.cat([bqkv[d:], bqkv.new_ones(1)])
+            w1, self.b1 = _folded(layer.norm2, layer.ffn[0])
+            self.w1 = w1.t().contiguous()  # (4d, d)
+            lin2 = layer.ffn[2]
+            self.w2 = lin2.weight.detach()  # (d, 4d)
+            self.b2 = lin2.bias.detach() if lin2.bias is not None else self.w2.new_zeros(d)
+            self.wp, self.bp = att.proj.weight.detach(), att.proj.bias.detach()
+        self.block, self.head_of = att.block, att.head_of
+
+    def ffn_hidden(self, h: Tensor) -> Tensor:
+        """GELU(h W1ᵀ + b1) of normalised events h (c, d) -> (c, 4d)."""
+        if self.onednn:
+            return _LINEAR_POINTWISE(h, self.w1, self.b1, "gelu", [], self.approximate)
+        return F.gelu(torch.addmm(self.b1, h, self.w1.t()), approximate=self.approximate)
+
+    def ffn_out(self, u: Tensor, y: Tensor, out: Tensor) -> None:
+        """out = y + u W2ᵀ + b2 (out: a (c, d) row block, not aliasing y)."""
+        if self.onednn:
+            out.copy_(_LINEAR_POINTWISE.binary(u, y, self.w2, self.b2, "add"))
+        else:
+            torch.addmm(y, u, self.w2.t(), out=out).add_(self.b2)
+
+    def attention_weights(self, s: Tensor, z: Tensor) -> tuple[Tensor, Tensor]:
+        """From one sample's sums (s masked (d, d), z (d,)): the numerators times the output
+        projection with its bias as a last row, (d + 1, d), and the normalisers' weights (d, heads)."""
+        return torch.cat([s @ self.wp.t(), self.bp[None]]), z[:, None] * self.head_of
+
+
+def _normalised_queries(f: _Fused, q: Tensor, z_heads: Tensor, qs: Tensor, den: Tensor) -> Tensor:
+    """qs[:, :d] = ReLU(Q) divided per head by its normaliser max(ReLU(Q)·Σ ReLU(K), eps); returns
+    the normalisers' reciprocals (c, heads). ``den``: a (c, heads) buffer that keeps the normalisers."""
+    c = q.shape[0]
+    torch.mm(q, z_heads, out=den)
+    inv = den.clamp_min(f.eps).reciprocal_()
+    torch.mul(q.view(c, f.heads, f.dh), inv[:, :, None], out=qs[:, :f.d].view(c, f.heads, f.dh))
+    return inv
+
+
+def _chunk_buffers(x: Tensor, c: int, d: int, heads: int) -> tuple[Tensor, Tensor]:
+    qs = x.new_empty(c, d + 1)
+    qs[:, d] = 1  # the output projection's bias row
+    return qs, x.new_empty(c, heads)
+
+
 def _layer_nograd(layer: ReluFormerLayer, x: Tensor, chunk: int, out: Tensor) -> tuple[Tensor, Tensor]:
-    """Chunked no-grad block, sample by sample: one pass accumulates the sums and keeps ReLU(Q);
-    a second writes each chunk's output into ``out`` (may be ``x``) in place. Returns the sums
-    (B, d, d) and (B, d), as :func:`kv_sums`.
+    """Chunked no-grad block, sample by sample: one pass accumulates the sums and keeps ReLU(Q)
+    (in ``out`` itself unless ``out`` is ``x``); a second writes each chunk's output into ``out``.
+    Returns the sums (B, d, d) and (B, d), as :func:`kv_sums`.
 
     Fewer, cache-sized passes than the module's own maths: the layer norms' scale and shift
-    are folded into the next linear layer; ReLU(Q) is divided by its normaliser first, so
-    the attention numerators and the output projection are one (d, d) matrix per sample
-    (S·W_proj); the residual additions are in-place GEMMs (``addmm_``)."""
+    are folded into the next linear layer; ΣReLU(K) comes out of the ReLU(K)ᵀV GEMM (a constant
+    value column); ReLU(Q) is divided by its normaliser first, so the attention numerators, the
+    output projection and its bias are one (d + 1, d) matrix per sample; the residual additions
+    are GEMM inputs; GELU and the second residual are fused into oneDNN linear layers (float32)."""
     bsz, n, d = x.shape
-    att = layer.attn
-    heads, dh = att.n_heads, att.head_dim
-    wqkv, bqkv = _folded(layer.norm1, att.qkv)
-    wq, bq, wkv, bkv = wqkv[:, :d], bqkv[:d], wqkv[:, d:], bqkv[d:]
-    w1, b1 = _folded(layer.norm2, layer.ffn[0])
-    w2, b2 = layer.ffn[2].weight.t(), layer.ffn[2].bias
-    approximate = getattr(layer.ffn[1], "approximate", "none")
-    eps1, eps2 = layer.norm1.eps, layer.norm2.eps
+    f = _Fused(layer, _use_onednn(x))
     parts = _chunks(n, chunk)
-    s, z = x.new_zeros(bsz, d, d), x.new_zeros(bsz, d)
-    phi_q = x.new_empty(n, d)
-    if out is not x:
-        out.copy_(x)
+    c0 = parts[0][1] if parts else 0
+    sz = x.new_zeros(bsz, d, d + 1)
+    scratch = x.new_empty(n, d) if out is x else None
+    kv = x.new_empty(c0, 2 * d + 1)
+    qs, den = _chunk_buffers(x, c0, d, f.heads)
+    y = x.new_empty(c0, d)
     for i in range(bsz):
         xi, oi = x[i], out[i]
+        phi_q = oi if scratch is None else scratch
         for a, b in parts:
-            h = F.layer_norm(xi[a:b], (d,), eps=eps1)
-            torch.addmm(bq, h, wq, out=phi_q[a:b]).clamp_min_(0)
-            kv = torch.addmm(bkv, h, wkv)
+            h = F.layer_norm(xi[a:b], (d,), eps=f.eps1)
+            torch.addmm(f.bq, h, f.wq.t(), out=phi_q[a:b]).clamp_min_(0)
+            kvc = torch.addmm(f.bkv, h, f.wkv.t(), out=kv[:b - a])
+            sz[i].addmm_(kvc[:, :d].clamp_min_(0).t(), kvc[:, d:])
+        sz[i, :, :d] *= f.block
+        num_proj, z_heads = f.attention_weights(sz[i, :, :d], sz[i, :, d])
+        for a, b in parts:
+            c = b - a
+            _normalised_queries(f, phi_q[a:b], z_heads, qs[:c], den[:c])
+            yc = torch.addmm(xi[a:b], qs[:c], num_proj, out=y[:c])
+            f.ffn_out(f.ffn_hidden(F.layer_norm(yc, (d,), eps=f.eps2)), yc, oi[a:b])
+    return sz[:, :, :d], sz[:, :, d]
+
+
+def _ln_backward(g: Tensor, x: Tensor, mean: Tensor, rstd: Tensor) -> Tensor:
+    """Input gradient of a layer norm without scale and shift."""
+    return torch.ops.aten.native_layer_norm_backward(g, x, (x.shape[-1],), mean, rstd, None, None,
+                                                     [True, False, False])[0]
+
+
+def _layer_input_grad(layer: ReluFormerLayer, x: Tensor, s: Tensor, z: Tensor, gy: Tensor, chunk: int) -> Tensor:
+    """∂(Σ gy · block(x))/∂x for a chunked block, the backward written out by hand (input gradient
+    only: the parameters are frozen), in two chunked passes over the events.
+
+    Pass 1 recomputes each chunk's queries, attention output and feed-forward input, and
+    back-propagates through the feed-forward, the output projection and the normalised queries
+    to the events; it accumulates the gradients of the sample-wide sums (ReLU(K)ᵀV, ΣReLU(K)).
+    Pass 2 recomputes keys and values and adds their share. Memory: the (B, N, d) gradient plus
+    one chunk's temporaries."""
+    bsz, n, d = x.shape
+    f = _Fused(layer, False)
+    heads, dh = f.heads, f.dh
+    parts = _chunks(n, chunk)
+    c0 = parts[0][1] if parts else 0
+    gx = torch.empty_like(x)
+    qs, den = _chunk_buffers(x, c0, d, heads)
+    gkv = x.new_empty(c0, 2 * d)
+    for i in range(bsz):
+        xi, gi, gxi = x[i], gy[i], gx[i]
+        num_proj, z_heads = f.attention_weights(s[i], z[i])
+        num_t, zr = num_proj[:d].t(), z[i].view(heads, dh)
+        gnum, gzh = x.new_zeros(d, d), x.new_zeros(heads, d)
+        for a, b in parts:
+            c, xc, g = b - a, xi[a:b], gi[a:b]
+            n1, mu1, r1 = torch.native_layer_norm(xc, (d,), None, None, f.eps1)
+            q = torch.addmm(f.bq, n1, f.wq.t()).clamp_min_(0)
+            inv = _normalised_queries(f, q, z_heads, qs[:c], den[:c])
+            yc = torch.addmm(xc, qs[:c], num_proj)
+            n2, mu2, r2 = torch.native_layer_norm(yc, (d,), None, None, f.eps2)
+            pre = torch.addmm(f.b1, n2, f.w1.t())
+            ga = torch.ops.aten.gelu_backward(g @ f.w2, pre, approximate=f.approximate)
+            gyc = _ln_backward(ga @ f.w1, yc, mu2, r2).add_(g)
+            gnum.addmm_(qs[:c, :d].t(), gyc)
+            gqs = gyc @ num_t
+            # through the normalisers: ∂/∂den = -(gqs·q) / den² per head where den was not clamped
+            gden = (gqs * q).view(c, heads, dh).sum(-1).mul_(inv).mul_(inv).neg_().mul_(den[:c] >= f.eps)
+            gq = gqs.view(c, heads, dh).mul_(inv[:, :, None]).addcmul_(gden[:, :, None], zr).view(c, d)
+            gzh.addmm_(gden.t(), q)
+            gq.mul_(q > 0)
+            gxi[a:b] = _ln_backward(gq @ f.wq, xc, mu1, r1).add_(gyc)
+        gs = (gnum @ f.wp).mul_(f.block)
+        gsz = torch.cat([gs, (gzh * f.head_of.t()).sum(0)[:, None]], 1)  # (d, d + 1): [∂S | ∂z]
+        for a, b in parts:
+            c, xc = b - a, xi[a:b]
+            n1, mu1, r1 = torch.native_layer_norm(xc, (d,), None, None, f.eps1)
+            kv = torch.addmm(f.bkv, n1, f.wkv.t())
             k = kv[:, :d].clamp_min_(0)
-            s[i].addmm_(k.t(), kv[:, d:])
-            z[i] += k.sum(0)
-        s[i] *= att.block
-        num_proj = s[i] @ att.proj.weight.t()  # (d, d): numerators, then the output projection
-        z_heads = z[i, :, None] * att.head_of  # (d, heads): the normalisers' weights
-        for a, b in parts:
-            q = phi_q[a:b]
-            inv = (q @ z_heads).clamp_min_(layer.eps).reciprocal_()  # (n, heads)
-            q = (q.view(b - a, heads, dh) * inv[:, :, None]).view(b - a, d)
-            xc = oi[a:b]
-            xc.addmm_(q, num_proj).add_(att.proj.bias)
-            u = F.gelu(torch.addmm(b1, F.layer_norm(xc, (d,), eps=eps2), w1), approximate=approximate)
-            xc.addmm_(u, w2).add_(b2)
-    return s, z
+            torch.mm(kv[:, d:], gsz.t(), out=gkv[:c, :d]).mul_(k > 0)  # [V | 1] [∂S | ∂z]ᵀ
+            torch.mm(k, gs, out=gkv[:c, d:])
+            gxi[a:b] += _ln_backward(gkv[:c] @ f.wkv[:2 * d], xc, mu1, r1)
+    return gx
 
 
 class _ChunkedLayer(torch.autograd.Function):
-    """A block with chunked forward and a chunk-recomputing backward (O(N·d) memory)."""
+    """A block with chunked forward and a chunk-recomputing backward (O(N·d) memory): the input
+    gradient by hand (:func:`_layer_input_grad`) when no parameter needs one, else autograd
+    through the modules chunk by chunk."""
 
     @staticmethod
     def forward(ctx: Any, x: Tensor, layer: ReluFormerLayer, chunk: int, *params: Tensor) -> Tensor:
@@ -186,8 +312,11 @@ class _ChunkedLayer(torch.autograd.Function):
     def backward(ctx: Any, gy: Tensor) -> tuple[Tensor | None, ...]:
         x, s, z = ctx.saved_tensors
         layer, chunk = ctx.layer, ctx.chunk
-        params = list(layer.parameters())
         need = ctx.needs_input_grad[3:]
+        if not any(need):
+            gx = _layer_input_grad(layer, x, s, z, gy.contiguous(), chunk) if ctx.needs_input_grad[0] else None
+            return (gx, None, None, *[None] * len(need))
+        params = list(layer.parameters())
         ps = [p for p, n in zip(params, need) if n]
         gps = [torch.zeros_like(p) for p in ps]
         gx = torch.empty_like(x) if ctx.needs_input_grad[0] else None
@@ -306,8 +435,10 @@ class ReluFormer(nn.Module):
             x = torch.empty(*events.shape[:2], self.embed.out_features, dtype=events.dtype, device=events.device)
             for a, b in _chunks(n, c):
                 x[:, a:b] = self.embed(events[:, a:b])
-            for layer in layers:
-                _layer_nograd(layer, x, c, x)  # the second pass writes each chunk in place
+            buf = torch.empty_like(x) if len(layers) else x
+            for layer in layers:  # ping-pong: the output buffer keeps ReLU(Q) until its chunk is written
+                _layer_nograd(layer, x, c, buf)
+                x, buf = buf, x
             return x
         x = self.embed(events)
         for layer in layers:
