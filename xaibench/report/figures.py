@@ -78,27 +78,95 @@ def save(fig: Any, path: Path, dpi: int = 100) -> Path:
     return path
 
 
+def _call_figure(name: str, run_dir: Path, results: pd.DataFrame, summary: pd.DataFrame
+                 ) -> tuple[list[tuple[str, str, Path]], tuple[str, str] | None]:
+    """One figure function: its (name, title, path) figures, or the error (name, message) it raised."""
+    try:
+        return [(name, str(title), Path(path)) for title, path in
+                FIGURES.get(name)(Path(run_dir), results, summary) or []], None
+    except Exception as exc:
+        return [], (name, f"{type(exc).__name__}: {exc}" + "\n" + traceback.format_exc(limit=3))
+
+
+#: what a forked figure process reads (set just before the fork, so it is inherited, never sent)
+_FORK_ARGS: tuple[Path, pd.DataFrame, pd.DataFrame] | None = None
+
+
+def _forked_init() -> None:
+    # one torch thread in the child: an OpenMP pool forked from the parent must never be entered
+    torch.set_num_threads(1)
+
+
+def _forked_figure(name: str) -> str:
+    """Run in a forked process: the figure function's outcome as JSON text (plain data back to the parent)."""
+    import json
+
+    assert _FORK_ARGS is not None
+    figs, error = _call_figure(name, *_FORK_ARGS)
+    return json.dumps({"figures": [[n, t, str(p)] for n, t, p in figs], "error": error})
+
+
+def figure_workers() -> int:
+    """Processes the report's figures are drawn in: ``XAIBENCH_FIGURE_WORKERS``, else the CPUs (at most 4);
+    1 where processes cannot be forked (then everything runs in this process)."""
+    import multiprocessing
+    import os
+
+    if "fork" not in multiprocessing.get_all_start_methods():
+        return 1
+    env = os.environ.get("XAIBENCH_FIGURE_WORKERS")
+    if env:
+        return max(1, int(env))
+    return max(1, min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
+
+
 def run_figures(run_dir: Path, results: pd.DataFrame, summary: pd.DataFrame,
-                on_figure: Callable[[str], None] | None = None
+                on_figure: Callable[[str], None] | None = None, workers: int | None = None
                 ) -> tuple[list[tuple[str, str, Path]], list[tuple[str, str]]]:
     """Call every registered figure function (``on_figure(name)`` after each, for progress).
+
+    With ``workers`` > 1 (default :func:`figure_workers`) the functions run in that many forked
+    processes, which inherit the tables and every registered function from this one (nothing is
+    pickled to them) and send back only names, titles and paths as JSON; the figures are the same
+    files as drawn here, and the report lists them in registry order either way.
 
     Returns:
         ``figures`` as (function name, title, png path) and ``errors`` as (function name,
         message) for the functions that raised (each also warned about).
     """
+    global _FORK_ARGS
+    import json
+
     load_plugins()
-    figs, errors = [], []
-    for name in list_figures():
+    names = list_figures()
+    workers = figure_workers() if workers is None else max(1, int(workers))
+    outcome: dict[str, tuple[list[tuple[str, str, Path]], tuple[str, str] | None]] = {}
+    if workers > 1 and len(names) > 1:
+        import multiprocessing
+
+        _FORK_ARGS = (Path(run_dir), results, summary)
         try:
-            for title, path in FIGURES.get(name)(Path(run_dir), results, summary) or []:
-                figs.append((name, str(title), Path(path)))
-        except Exception as exc:
-            msg = f"{type(exc).__name__}: {exc}"
-            warnings.warn(f"report figure {name!r} failed: {msg}", stacklevel=2)
-            errors.append((name, msg + "\n" + traceback.format_exc(limit=3)))
-        if on_figure is not None:
-            on_figure(name)
+            with multiprocessing.get_context("fork").Pool(min(workers, len(names)), initializer=_forked_init) as pool:
+                for name, text in zip(names, pool.imap(_forked_figure, names)):
+                    d = json.loads(text)
+                    outcome[name] = ([(n, t, Path(p)) for n, t, p in d["figures"]],
+                                     tuple(d["error"]) if d["error"] else None)  # type: ignore[assignment]
+                    if on_figure is not None:
+                        on_figure(name)
+        finally:
+            _FORK_ARGS = None
+    else:
+        for name in names:
+            outcome[name] = _call_figure(name, Path(run_dir), results, summary)
+            if on_figure is not None:
+                on_figure(name)
+    figs, errors = [], []
+    for name in names:
+        got, error = outcome[name]
+        figs += got
+        if error is not None:
+            warnings.warn(f"report figure {name!r} failed: {error[1].splitlines()[0]}", stacklevel=2)
+            errors.append(error)
     return figs, errors
 
 
