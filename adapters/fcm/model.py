@@ -363,16 +363,101 @@ class PolygonHead(nn.Module):
         self.register_buffer("block", (head[:, None] == head[None, :]).float(), persistent=False)
         self.register_buffer("head_of", F.one_hot(head, n_heads).float(), persistent=False)
 
-    def sums(self, h: Tensor) -> tuple[Tensor, Tensor]:
-        return kv_sums(F.relu(self.key(h)), self.value(h), self.block)
-
     def finish(self, s: Tensor, z: Tensor) -> Tensor:
         q = F.relu(self.query).expand(s.shape[0], -1, -1)
         pooled = linear_attend(q, s, z, self.head_of, self.eps)
         return self.mlp(pooled).reshape(s.shape[0], self.n_polygons, self.n_vertices, 2)
 
-    def forward(self, h: Tensor) -> Tensor:
+    def sums(self, h: Tensor, events: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Per-sample sums of a chunk of events (``events`` unused: this head reads only ``h``)."""
+        return kv_sums(F.relu(self.key(h)), self.value(h), self.block)
+
+    def forward(self, h: Tensor, events: Tensor | None = None) -> Tensor:
         return self.finish(*self.sums(h))
+
+
+class SlotPolygonHead(nn.Module):
+    """Gate polygons from population statistics, as a cytometrist sets gates.
+
+    Every event is assigned softly to C slots: a_jc = softmax_c(W h_j + b), h_j its ReluFormer
+    features (the slots can be taught the cell populations, see :meth:`slot_logits`). Each slot is
+    summarised by its share of the events and its mean event (markers standardised by
+    ``event_mean`` / ``event_sd``); the statistics are standardised over samples (running
+    estimates, frozen in eval mode), and per gate a linear map plus a small MLP gives the vertices
+    as an offset from a template polygon in units of the gate's typical displacement
+    (``template`` + ``scale`` · output). The sums are linear in the events, so the forward runs in
+    chunks like the encoder's; the polygons are a function of every event through both the slot
+    means and (through the ReluFormer) the assignments. Output (B, P, V, 2).
+    """
+
+    def __init__(self, d_model: int, n_markers: int, n_polygons: int, n_vertices: int, n_slots: int = 16,
+                 hidden: int = 64, momentum: float = 0.05, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.n_polygons, self.n_vertices, self.n_slots, self.eps, self.momentum = n_polygons, n_vertices, n_slots, eps, momentum
+        self.assign = nn.Linear(d_model, n_slots)
+        n_in = n_slots * (n_markers + 1)
+        out = 2 * n_vertices
+        self.linear = nn.Linear(n_in, n_polygons * out)
+        self.w1 = nn.Parameter(torch.randn(n_polygons, n_in, hidden) / n_in ** 0.5)
+        self.b1 = nn.Parameter(torch.zeros(n_polygons, hidden))
+        self.w2 = nn.Parameter(torch.randn(n_polygons, hidden, out) / hidden ** 0.5 * 0.1)
+        self.b2 = nn.Parameter(torch.zeros(n_polygons, out))
+        # priors set by training (saved with the weights): template polygons, their typical displacement,
+        # the event scale, and running statistics of the slot features
+        self.register_buffer("template", torch.zeros(n_polygons, n_vertices, 2))
+        self.register_buffer("scale", torch.ones(n_polygons))
+        self.register_buffer("event_mean", torch.zeros(n_markers))
+        self.register_buffer("event_sd", torch.ones(n_markers))
+        self.register_buffer("feature_mean", torch.zeros(n_in))
+        self.register_buffer("feature_var", torch.ones(n_in))
+        self.register_buffer("feature_seen", torch.zeros(()))
+
+    @torch.no_grad()
+    def set_priors(self, template: Tensor, scale: Tensor, event_mean: Tensor, event_sd: Tensor) -> None:
+        """Template polygons (P, V, 2), their typical displacement (P,), the markers' mean and SD (m,)."""
+        self.template.copy_(template)
+        self.scale.copy_(scale)
+        self.event_mean.copy_(event_mean)
+        self.event_sd.copy_(event_sd)
+
+    def slot_logits(self, h: Tensor) -> Tensor:
+        """Slot logits of events with ReluFormer features h (B, n, d) -> (B, n, C)."""
+        return self.assign(h)
+
+    def sums(self, h: Tensor, events: Tensor) -> tuple[Tensor, Tensor]:
+        """Per-sample sums of a chunk: Σ_j a_jc x_j (B, C, m) over standardised events x, and Σ_j a_jc (B, C)."""
+        a = torch.softmax(self.assign(h), -1)
+        x = (events - self.event_mean) / self.event_sd
+        return a.transpose(1, 2) @ x, a.sum(1)
+
+    def features(self, s: Tensor, z: Tensor) -> Tensor:
+        """The slots' mean events and log shares, standardised over samples. (B, C·(m + 1))"""
+        means = s / z[..., None].clamp_min(self.eps)
+        share = z / z.sum(-1, keepdim=True).clamp_min(self.eps)
+        f = torch.cat([means.flatten(1), torch.log(share + 1e-4)], 1)
+        if self.training:
+            with torch.no_grad():
+                fd = f.detach()
+                m, v = fd.mean(0), fd.var(0, unbiased=False) if len(fd) > 1 else torch.zeros_like(fd[0])
+                if self.feature_seen.item() == 0:
+                    self.feature_mean.copy_(m)
+                    self.feature_var.copy_(v if len(fd) > 1 else torch.ones_like(v))
+                else:
+                    self.feature_mean.lerp_(m, self.momentum)
+                    if len(fd) > 1:
+                        self.feature_var.lerp_(v, self.momentum)
+                self.feature_seen += 1
+        return (f - self.feature_mean) / (self.feature_var + 1e-4).sqrt()
+
+    def finish(self, s: Tensor, z: Tensor) -> Tensor:
+        f = self.features(s, z)
+        b = f.shape[0]
+        hid = F.gelu(torch.einsum("bi,pih->bph", f, self.w1) + self.b1)
+        out = self.linear(f).view(b, self.n_polygons, -1) + torch.einsum("bph,pho->bpo", hid, self.w2) + self.b2
+        return self.template + self.scale[:, None, None] * out.view(b, self.n_polygons, self.n_vertices, 2)
+
+    def forward(self, h: Tensor, events: Tensor) -> Tensor:
+        return self.finish(*self.sums(h, events))
 
 
 class ReluFormer(nn.Module):
@@ -387,6 +472,10 @@ class ReluFormer(nn.Module):
         gate_dims: for ``polygon``, the (x, y) marker indices of each gate (P pairs).
         gate_names: names of the P gates.
         n_vertices: vertices per polygon (V).
+        polygon_head: ``"pooled"`` (:class:`PolygonHead`: learned queries pool the events' features)
+            or ``"slots"`` (:class:`SlotPolygonHead`: gates from the statistics of soft event
+            populations; what the zoo's polygon model uses).
+        n_slots: slots of the ``"slots"`` head.
         chunk_size: events per chunk of the chunked forward/backward (memory vs. overhead; 16384
             keeps a chunk's temporaries near the CPU caches: a 200k-event forward ran ~1.4x faster
             than with 65536 on one thread).
@@ -400,12 +489,15 @@ class ReluFormer(nn.Module):
 
     def __init__(self, n_markers: int, d_model: int = 64, n_heads: int = 4, n_layers: int = 2, ffn_mult: int = 4,
                  task: str = "classify", n_classes: int = 2, gate_dims: Sequence[Sequence[int]] = (),
-                 gate_names: Sequence[str] = (), n_vertices: int = 8, chunk_size: int = 16384, eps: float = 1e-6) -> None:
+                 gate_names: Sequence[str] = (), n_vertices: int = 8, chunk_size: int = 16384, eps: float = 1e-6,
+                 polygon_head: str = "pooled", n_slots: int = 16) -> None:
         super().__init__()
         if task not in ("classify", "polygon"):
             raise ValueError(f"fcm.reluformer: task must be 'classify' or 'polygon', got {task!r}")
         if task == "polygon" and not gate_dims:
             raise ValueError("fcm.reluformer: task='polygon' needs gate_dims, the (x, y) marker indices of each gate")
+        if polygon_head not in ("pooled", "slots"):
+            raise ValueError(f"fcm.reluformer: polygon_head must be 'pooled' or 'slots', got {polygon_head!r}")
         self.n_markers, self.task, self.chunk_size = int(n_markers), task, int(chunk_size)
         self.gate_dims = [tuple(int(i) for i in g) for g in gate_dims]
         self.gate_names = list(gate_names) or [f"gate{i}" for i in range(len(self.gate_dims))]
@@ -414,7 +506,9 @@ class ReluFormer(nn.Module):
         self.norm = nn.LayerNorm(d_model)
         self.n_heads = n_heads
         self.head: nn.Module = (nn.Linear(d_model, n_classes) if task == "classify"
-                                else PolygonHead(d_model, n_heads, len(self.gate_dims), n_vertices, eps))
+                                else PolygonHead(d_model, n_heads, len(self.gate_dims), n_vertices, eps)
+                                if polygon_head == "pooled"
+                                else SlotPolygonHead(d_model, n_markers, len(self.gate_dims), n_vertices, n_slots, eps=eps))
 
     def check_events(self, events: Tensor, who: str = "fcm.reluformer") -> None:
         """Raise ValueError unless ``events`` is a floating (B, N, n_markers) tensor."""
@@ -452,13 +546,13 @@ class ReluFormer(nn.Module):
         """(B, N, m) events -> (B, N, n_classes) logits, or (B, P, V, 2) polygons."""
         x = self.hidden(events)
         if self._needs_grad(events):
-            return self.head(self.norm(x))
+            return self.head(self.norm(x)) if self.task == "classify" else self.head(self.norm(x), events)
         parts = _chunks(x.shape[1], self.chunk_size)
         if self.task == "classify":
             return torch.cat([self.head(self.norm(x[:, a:b])) for a, b in parts], 1)
         s = z = None
         for a, b in parts:
-            sc, zc = self.head.sums(self.norm(x[:, a:b]))
+            sc, zc = self.head.sums(self.norm(x[:, a:b]), events[:, a:b])
             s, z = (sc, zc) if s is None else (s + sc, z + zc)
         return self.head.finish(s, z)
 
