@@ -163,3 +163,24 @@ def test_large_figures_are_embedded_as_jpeg_small_ones_as_png(tmp_path):
     assert len(payload) < noisy.stat().st_size
     with Image.open(_io.BytesIO(payload)) as im:
         assert im.width == 1600 and im.height == round(700 * 1600 / 2000)
+
+
+def test_figures_drawn_in_forked_processes_equal_those_drawn_here(run_dir, tmp_path):
+    import shutil
+
+    import multiprocessing
+
+    from xaibench.report.figures import run_figures
+    from xaibench.store import load_run
+
+    if "fork" not in multiprocessing.get_all_start_methods():
+        pytest.skip("no fork on this platform: figures are always drawn in-process")
+    outs = {}
+    for w in (1, 2):
+        d = tmp_path / f"w{w}"
+        shutil.copytree(run_dir, d, ignore=shutil.ignore_patterns("figures"))
+        data = load_run(d)
+        figs, errors = run_figures(d, data.results, data.summary, workers=w)
+        assert not errors
+        outs[w] = [(n, t, p.relative_to(d).as_posix(), p.read_bytes()) for n, t, p in figs]
+    assert outs[1] and outs[1] == outs[2]
