@@ -26,6 +26,7 @@ from .findings import write_findings
 from .html import render_html
 from .markdown import render_markdown
 from .parts import Report
+from .statistics import cross_method_statistics
 from .volume_figures import voxel_planes  # noqa: F401  (registers the figure of voxel maps' three planes)
 
 
@@ -80,6 +81,9 @@ def build_report(run: str | Path | RunData, *, quiet: bool = True, lock: bool = 
             _write_table(data.skipped, paths["skipped.csv"], "csv")
             step(1)
             paired = paired_vs_best_baseline(data.results, data.summary, seed=data.seed)
+            # computed (and cached) before the figures: forked figure processes inherit it, and the
+            # renderers reuse it, instead of each computing it again
+            cross_method_statistics(data.results, data.summary, d)
             step(1)
             figures, errors = run_figures(d, data.results, data.summary, on_figure=lambda _name: step(1))
             paths.update(write_findings(data))
