@@ -184,3 +184,31 @@ def test_figures_drawn_in_forked_processes_equal_those_drawn_here(run_dir, tmp_p
         assert not errors
         outs[w] = [(n, t, p.relative_to(d).as_posix(), p.read_bytes()) for n, t, p in figs]
     assert outs[1] and outs[1] == outs[2]
+
+
+def test_a_figure_whose_process_dies_is_reported_and_the_others_are_drawn(run_dir, tmp_path):
+    import multiprocessing
+    import os
+    import shutil
+
+    from xaibench.report.figures import FIGURES, register_figure, run_figures
+    from xaibench.store import load_run
+
+    if "fork" not in multiprocessing.get_all_start_methods():
+        pytest.skip("no fork on this platform: figures are always drawn in-process")
+
+    @register_figure("_test_crash")
+    def crash(rd, results, summary):
+        os._exit(7)  # a native crash in a figure's process: no exception, no cleanup
+
+    d = tmp_path / "run"
+    shutil.copytree(run_dir, d, ignore=shutil.ignore_patterns("figures"))
+    data = load_run(d)
+    try:
+        with pytest.warns(UserWarning, match="_test_crash.*died"):
+            figs, errors = run_figures(d, data.results, data.summary, workers=2)
+    finally:
+        FIGURES.remove("_test_crash")
+    assert [e[0] for e in errors] == ["_test_crash"]
+    ref, _ = run_figures(d, data.results, data.summary, workers=1)
+    assert [(n, t) for n, t, _ in figs] == [(n, t) for n, t, _ in ref] and ref

@@ -120,6 +120,45 @@ def figure_workers() -> int:
     return max(1, min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
 
 
+def _in_processes(names: list[str], workers: int, on_figure: Callable[[str], None] | None
+                  ) -> dict[str, tuple[list[tuple[str, str, Path]], tuple[str, str] | None]]:
+    """Run the figure functions in forked processes. A function whose process dies (a crash in a
+    native library) breaks the pool: every function that did not finish then runs again alone in a
+    fresh process, so only the culprit is reported as failed."""
+    import json
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures.process import BrokenProcessPool
+
+    ctx = multiprocessing.get_context("fork")
+    outcome: dict[str, tuple[list[tuple[str, str, Path]], tuple[str, str] | None]] = {}
+    batches, alone = [list(names)], False
+    while batches:
+        todo = batches.pop(0)
+        lost: list[str] = []
+        with ProcessPoolExecutor(1 if alone else min(workers, len(todo)), mp_context=ctx,
+                                 initializer=_forked_init) as pool:
+            futures = {pool.submit(_forked_figure, name): name for name in todo}
+            for fut in as_completed(futures):
+                name = futures[fut]
+                try:
+                    d = json.loads(fut.result())
+                except BrokenProcessPool:
+                    if alone:
+                        outcome[name] = ([], (name, "the process drawing this figure died (a crash in native code)"))
+                    else:
+                        lost.append(name)
+                        continue
+                else:
+                    outcome[name] = ([(n, t, Path(p)) for n, t, p in d["figures"]],
+                                     (d["error"][0], d["error"][1]) if d["error"] else None)
+                if on_figure is not None:
+                    on_figure(name)
+        if lost and not alone:
+            batches, alone = [[n] for n in names if n in lost], True
+    return outcome
+
+
 def run_figures(run_dir: Path, results: pd.DataFrame, summary: pd.DataFrame,
                 on_figure: Callable[[str], None] | None = None, workers: int | None = None
                 ) -> tuple[list[tuple[str, str, Path]], list[tuple[str, str]]]:
@@ -135,24 +174,14 @@ def run_figures(run_dir: Path, results: pd.DataFrame, summary: pd.DataFrame,
         message) for the functions that raised (each also warned about).
     """
     global _FORK_ARGS
-    import json
-
     load_plugins()
     names = list_figures()
     workers = figure_workers() if workers is None else max(1, int(workers))
     outcome: dict[str, tuple[list[tuple[str, str, Path]], tuple[str, str] | None]] = {}
     if workers > 1 and len(names) > 1:
-        import multiprocessing
-
         _FORK_ARGS = (Path(run_dir), results, summary)
         try:
-            with multiprocessing.get_context("fork").Pool(min(workers, len(names)), initializer=_forked_init) as pool:
-                for name, text in zip(names, pool.imap(_forked_figure, names)):
-                    d = json.loads(text)
-                    outcome[name] = ([(n, t, Path(p)) for n, t, p in d["figures"]],
-                                     tuple(d["error"]) if d["error"] else None)  # type: ignore[assignment]
-                    if on_figure is not None:
-                        on_figure(name)
+            outcome = _in_processes(names, workers, on_figure)
         finally:
             _FORK_ARGS = None
     else:
