@@ -14,6 +14,7 @@ copied into a classifier and fine-tuned.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -133,7 +134,8 @@ def held_out_mae_loss(model: MaskedAutoencoder, n: int = 512, mask_ratio: float 
 # ----------------------------------------------------------------------------- DINO
 
 def random_resized_crops(images: Tensor, n: int, size: int, scale: tuple[float, float], generator: torch.Generator,
-                         flip: bool = True, jitter: float = 0.2) -> list[Tensor]:
+                         flip: bool = True, jitter: float = 0.2, colour: float = 0.0, grey: float = 0.0,
+                         solarize: float = 0.0) -> list[Tensor]:
     """``n`` random-resized crops of every image, each (B, 3, size, size), seeded by ``generator``.
 
     A crop covers a random share ``scale`` of the image area (aspect ratio 3/4 to 4/3) at a
@@ -159,7 +161,18 @@ def random_resized_crops(images: Tensor, n: int, size: int, scale: tuple[float, 
         gain = 1 + (torch.rand(b, 1, 1, 1, generator=generator) * 2 - 1) * jitter
         shift = (torch.rand(b, 1, 1, 1, generator=generator) * 2 - 1) * jitter * 0.5
         mean = crop.mean((1, 2, 3), keepdim=True)
-        out.append(((crop - mean) * gain + mean + shift).clamp(0, 1))
+        crop = ((crop - mean) * gain + mean + shift).clamp(0, 1)
+        if colour > 0:  # per-channel gain about the grey level: a saturation / hue shift
+            grey_level = crop.mean(1, keepdim=True)
+            tint = 1 + (torch.rand(b, 3, 1, 1, generator=generator) * 2 - 1) * colour
+            crop = ((crop - grey_level) * tint + grey_level).clamp(0, 1)
+        if grey > 0:
+            to_grey = (torch.rand(b, 1, 1, 1, generator=generator) < grey)
+            crop = torch.where(to_grey, crop.mean(1, keepdim=True).expand_as(crop), crop)
+        if solarize > 0:
+            sol = (torch.rand(b, 1, 1, 1, generator=generator) < solarize)
+            crop = torch.where(sol & (crop >= 0.5), 1 - crop, crop)
+        out.append(crop)
     return out
 
 
@@ -168,11 +181,15 @@ class DINOHead(nn.Module):
 
     (B, dim) -> (B, out_dim) logits of the self-distillation 'classes'."""
 
-    def __init__(self, dim: int, out_dim: int = 256, hidden: int = 128, bottleneck: int = 32) -> None:
+    def __init__(self, dim: int, out_dim: int = 256, hidden: int = 128, bottleneck: int = 32,
+                 use_bn: bool = False, norm_last: bool = True) -> None:
         super().__init__()
-        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, hidden), nn.GELU(),
+        def norm() -> nn.Module:
+            return nn.BatchNorm1d(hidden) if use_bn else nn.Identity()
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), norm(), nn.GELU(), nn.Linear(hidden, hidden), norm(), nn.GELU(),
                                  nn.Linear(hidden, bottleneck))
         self.last = nn.Linear(bottleneck, out_dim, bias=False)
+        self.norm_last = norm_last
         for m in self.mlp:
             if isinstance(m, nn.Linear):
                 nn.init.trunc_normal_(m.weight, std=0.02)
@@ -180,7 +197,8 @@ class DINOHead(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         x = nn.functional.normalize(self.mlp(x), dim=-1)
-        return x @ nn.functional.normalize(self.last.weight, dim=1).T
+        w = self.last.weight
+        return x @ (nn.functional.normalize(w, dim=1) if self.norm_last else w).T
 
 
 class DINO(nn.Module):
@@ -205,12 +223,13 @@ class DINO(nn.Module):
 
     def __init__(self, encoder: nn.Module, out_dim: int = 256, teacher_temp: float = 0.04, student_temp: float = 0.1,
                  center_momentum: float = 0.9, n_global: int = 2, n_local: int = 4,
-                 global_scale: tuple[float, float] = (0.4, 1.0), local_scale: tuple[float, float] = (0.1, 0.4)) -> None:
+                 global_scale: tuple[float, float] = (0.4, 1.0), local_scale: tuple[float, float] = (0.1, 0.4),
+                 colour: float = 0.0, grey: float = 0.0, solarize: float = 0.0, head: dict[str, Any] | None = None) -> None:
         super().__init__()
         import copy
 
         self.student = encoder
-        self.student_head = DINOHead(encoder.embed_dim, out_dim)
+        self.student_head = DINOHead(encoder.embed_dim, out_dim, **(head or {}))
         self.encoder = copy.deepcopy(encoder)
         self.teacher_head = copy.deepcopy(self.student_head)
         for p in [*self.encoder.parameters(), *self.teacher_head.parameters()]:
@@ -219,12 +238,16 @@ class DINO(nn.Module):
         self.teacher_temp, self.student_temp, self.center_momentum = teacher_temp, student_temp, center_momentum
         self.n_global, self.n_local = n_global, n_local
         self.global_scale, self.local_scale = global_scale, local_scale
+        self.colour, self.grey, self.solarize = colour, grey, solarize
 
     def crops(self, images: Tensor, generator: torch.Generator) -> tuple[list[Tensor], list[Tensor]]:
         """(global crops at full size, local crops at half size), each a list of (B, 3, s, s)."""
         size = images.shape[-1]
-        glob = random_resized_crops(images, self.n_global, size, self.global_scale, generator)
-        loc = random_resized_crops(images, self.n_local, size // 2, self.local_scale, generator)
+        aug = {"colour": self.colour, "grey": self.grey}
+        # asymmetric, as in DINO: only the second global view may be solarised
+        glob = [random_resized_crops(images, 1, size, self.global_scale, generator, **aug,
+                                     solarize=self.solarize if i == 1 else 0.0)[0] for i in range(self.n_global)]
+        loc = random_resized_crops(images, self.n_local, size // 2, self.local_scale, generator, **aug)
         return glob, loc
 
     def distillation_loss(self, student_out: list[Tensor], teacher_out: list[Tensor]) -> Tensor:
@@ -263,13 +286,30 @@ class DINO(nn.Module):
                 pt.mul_(momentum).add_(ps.detach(), alpha=1 - momentum)
 
 
-def train_dino(model: DINO, pool: Batch, *, epochs: int, lr: float, seed: int, batch_size: int = 64,
-               momentum: tuple[float, float] = (0.99, 1.0), desc: str = "dino") -> dict[str, Any]:
-    """Self-distillation pre-training on ``pool.inputs`` (labels unused), AdamW + one-cycle,
-    teacher momentum on a cosine schedule from ``momentum[0]`` to ``momentum[1]``, seeded.
-
-    Returns ``{"dino_loss_first_epoch", "dino_loss_last_epoch", "epochs", "n_local"}``."""
+def cosine(start: float, end: float, t: float) -> float:
+    """Cosine schedule from ``start`` (t = 0) to ``end`` (t = 1)."""
     import math
+    return end + (start - end) * (1 + math.cos(math.pi * min(max(t, 0.0), 1.0))) / 2
+
+
+def train_dino(model: DINO, pool: Batch, *, epochs: int, lr: float, seed: int, batch_size: int = 64,
+               momentum: tuple[float, float] = (0.996, 1.0), weight_decay: tuple[float, float] = (0.04, 0.4),
+               warmup_epochs: float = 1.0, freeze_last_epochs: float = 1.0, clip: float = 3.0, min_lr: float = 1e-6,
+               checkpoint: str | None = None, monitor: Any = None, monitor_every: int = 0,
+               desc: str = "dino") -> dict[str, Any]:
+    """Self-distillation pre-training on ``pool.inputs`` (labels unused), seeded, with DINO's schedules:
+    learning rate linear warm-up over ``warmup_epochs`` then cosine to ``min_lr``; AdamW weight decay
+    (weights only, not norms/biases/tokens) cosine from ``weight_decay[0]`` to ``[1]``; teacher momentum
+    cosine from ``momentum[0]`` to ``[1]``; the last head layer frozen for ``freeze_last_epochs``;
+    gradient norm clipped at ``clip``.
+
+    ``checkpoint``: a file written every 100 steps and resumed from (the run continues where it stopped,
+    same result). ``monitor(model, step) -> dict``, every ``monitor_every`` steps, logs to stdout.
+
+    Returns losses and the teacher's mean target entropy (nats; ``log(out_dim)`` = collapsed to
+    uniform) of the first and last epoch."""
+    import os
+    import time
 
     from xaibench.progress import progress_bar
 
@@ -279,30 +319,75 @@ def train_dino(model: DINO, pool: Batch, *, epochs: int, lr: float, seed: int, b
     torch.manual_seed(seed)
     per_epoch = (len(pool) + batch_size - 1) // batch_size
     n_steps = epochs * per_epoch
-    params = [p for n, p in model.named_parameters() if n.startswith("student")]
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.04)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=n_steps, pct_start=0.1)
-    losses, step = [], 0
+    warm, frozen = int(warmup_epochs * per_epoch), int(freeze_last_epochs * per_epoch)
+    decay, plain = [], []
+    for n, p in model.named_parameters():
+        if n.startswith("student"):
+            (decay if p.ndim > 1 and not n.endswith(("pos_embed", "cls_token")) else plain).append(p)
+    params = decay + plain
+    opt = torch.optim.AdamW([{"params": decay}, {"params": plain, "weight_decay": 0.0}], lr=lr)
+    step, sums = 0, {}
+    if checkpoint and os.path.exists(checkpoint):
+        ck = torch.load(checkpoint, weights_only=False)
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["opt"])
+        g.set_state(ck["generator"])
+        step, sums = ck["step"], ck["sums"]
+        print(f"{desc}: resumed at step {step} of {n_steps}", flush=True)
     model.train()
+    t0 = time.perf_counter()
     with progress_bar(total=n_steps, desc=desc) as advance:
-        for ep in range(epochs):
-            total = 0.0
-            for batch in shuffled_batches(pool, batch_size, seed, ep):
-                loss = model(batch.inputs, g)
+        advance(step)
+        while step < n_steps:
+            ep, skip = divmod(step, per_epoch)
+            for batch in shuffled_batches(pool, batch_size, seed, ep)[skip:]:
+                cur_lr = lr * step / max(1, warm) if step < warm else cosine(lr, min_lr, (step - warm) / max(1, n_steps - warm))
+                for group in opt.param_groups:
+                    group["lr"] = cur_lr
+                opt.param_groups[0]["weight_decay"] = cosine(weight_decay[0], weight_decay[1], step / n_steps)
+                glob, loc = model.crops(batch.inputs, g)
+                with torch.no_grad():
+                    teacher_out = [model.teacher_head(model.encoder(x)) for x in glob]
+                student_out = [model.student_head(model.student(x)) for x in glob + loc]
+                loss = model.distillation_loss(student_out, teacher_out)
+                with torch.no_grad():
+                    q = nn.functional.softmax((torch.cat(teacher_out) - model.center) / model.teacher_temp, -1)
+                    entropy = float(-(q * q.clamp_min(1e-12).log()).sum(-1).mean())
+                model.update_center(torch.cat(teacher_out))
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
-                nn.utils.clip_grad_norm_(params, 3.0)
+                if step < frozen:
+                    model.student_head.last.weight.grad = None
+                nn.utils.clip_grad_norm_(params, clip)
                 opt.step()
-                sched.step()
-                lam = momentum[1] - (momentum[1] - momentum[0]) * (math.cos(math.pi * step / n_steps) + 1) / 2
-                model.update_teacher(lam)
+                model.update_teacher(cosine(momentum[0], momentum[1], step / n_steps))
+                for key, v in ((f"loss{ep}", loss.item()), (f"entropy{ep}", entropy), (f"n{ep}", 1.0)):
+                    sums[key] = sums.get(key, 0.0) + v
                 step += 1
-                total += loss.item() * len(batch)
                 advance(1)
-            losses.append(total / len(pool))
+                if monitor is not None and monitor_every and (step % monitor_every == 0 or step == n_steps):
+                    model.eval()
+                    extra = monitor(model, step)
+                    model.train()
+                    print(f"{desc} step {step}/{n_steps} loss {sums[f'loss{ep}'] / sums[f'n{ep}']:.3f} "
+                          f"teacher entropy {sums[f'entropy{ep}'] / sums[f'n{ep}']:.3f} lr {cur_lr:.2e} "
+                          f"{time.perf_counter() - t0:.0f}s {extra}", flush=True)
+                if checkpoint and (step % 100 == 0 or step == n_steps):
+                    tmp = checkpoint + ".tmp"
+                    torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "generator": g.get_state(),
+                                "step": step, "sums": sums}, tmp)
+                    os.replace(tmp, checkpoint)
     model.eval()
-    return {"dino_loss_first_epoch": round(losses[0], 4), "dino_loss_last_epoch": round(losses[-1], 4),
-            "epochs": epochs, "n_local": model.n_local}
+
+    def mean(key: str, ep: int) -> float:
+        return round(sums[f"{key}{ep}"] / sums[f"n{ep}"], 4)
+
+    return {"dino_loss_first_epoch": mean("loss", 0), "dino_loss_last_epoch": mean("loss", epochs - 1),
+            "teacher_entropy_first_epoch": mean("entropy", 0), "teacher_entropy_last_epoch": mean("entropy", epochs - 1),
+            "uniform_entropy": round(math.log(model.center.shape[-1]), 4),
+            "epochs": epochs, "steps": n_steps, "batch_size": batch_size, "lr": lr, "n_local": model.n_local,
+            "out_dim": model.center.shape[-1], "teacher_temp": model.teacher_temp, "student_temp": model.student_temp,
+            "center_momentum": model.center_momentum, "momentum": list(momentum), "weight_decay": list(weight_decay)}
 
 
 @torch.no_grad()
