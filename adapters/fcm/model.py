@@ -135,6 +135,39 @@ def _use_onednn(x: Tensor) -> bool:
             and torch.backends.mkldnn.is_available())
 
 
+_HUGE_PAGE = 2 << 20
+_madvise: Any = None
+
+
+def _big_empty(shape: tuple[int, ...], like: Tensor) -> Tensor:
+    """``like.new_empty(shape)`` for the (N, d) buffers, advised to transparent huge pages on Linux
+    (MADV_HUGEPAGE). Faulting in 128 MB of fresh 4 KiB pages took 70-500 ms on the 2-core test
+    machine (more under load), the same buffer in 2 MiB pages ~35 ms; each chunked pass writes
+    such buffers."""
+    import sys
+
+    t = like.new_empty(shape)
+    nbytes = t.numel() * t.element_size()
+    if t.device.type != "cpu" or nbytes < 8 * _HUGE_PAGE or not sys.platform.startswith("linux"):
+        return t
+    global _madvise
+    if _madvise is None:
+        try:
+            import ctypes
+
+            fn = ctypes.CDLL(None, use_errno=True).madvise
+            fn.argtypes, fn.restype = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int], ctypes.c_int
+            _madvise = fn
+        except (OSError, AttributeError):  # pragma: no cover - no libc madvise
+            _madvise = False
+    if _madvise:
+        start = -(-t.data_ptr() // _HUGE_PAGE) * _HUGE_PAGE
+        end = (t.data_ptr() + nbytes) // _HUGE_PAGE * _HUGE_PAGE
+        if end > start:
+            _madvise(start, end - start, 14)  # MADV_HUGEPAGE: advice only, failures are harmless
+    return t
+
+
 class _Fused:
     """A block's weights laid out for the fused chunked paths, (out, in), detached.
 
@@ -162,6 +195,26 @@ class _Fused:
             self.b2 = lin2.bias.detach() if lin2.bias is not None else self.w2.new_zeros(d)
             self.wp, self.bp = att.proj.weight.detach(), att.proj.bias.detach()
         self.block, self.head_of = att.block, att.head_of
+
+    def queries(self, h: Tensor, out: Tensor) -> None:
+        """out = ReLU(h Wqᵀ + bq) for normalised events h (c, d)."""
+        if self.onednn:
+            out.copy_(_LINEAR_POINTWISE(h, self.wq, self.bq, "relu", [], ""))
+        else:
+            torch.addmm(self.bq, h, self.wq.t(), out=out).clamp_min_(0)
+
+    def keys_values(self, h: Tensor, buf: Tensor) -> Tensor:
+        """[ReLU(K) | V | 1] of normalised events h (c, d) -> (c, 2d + 1), in ``buf`` unless oneDNN runs it."""
+        kv = _LINEAR_POINTWISE(h, self.wkv, self.bkv, "none", [], "") if self.onednn else \
+            torch.addmm(self.bkv, h, self.wkv.t(), out=buf)
+        kv[:, :self.d].clamp_min_(0)
+        return kv
+
+    def ffn_pre(self, h: Tensor) -> Tensor:
+        """The feed-forward's pre-activation h W1ᵀ + b1 (c, 4d)."""
+        if self.onednn:
+            return _LINEAR_POINTWISE(h, self.w1, self.b1, "none", [], "")
+        return torch.addmm(self.b1, h, self.w1.t())
 
     def ffn_hidden(self, h: Tensor) -> Tensor:
         """GELU(h W1ᵀ + b1) of normalised events h (c, d) -> (c, 4d)."""
@@ -198,6 +251,33 @@ def _chunk_buffers(x: Tensor, c: int, d: int, heads: int) -> tuple[Tensor, Tenso
     return qs, x.new_empty(c, heads)
 
 
+def _sums_chunk(f: _Fused, xc: Tensor, q_out: Tensor, kv: Tensor, sz: Tensor) -> None:
+    """First pass over a chunk of events xc (c, d): ReLU(Q) into ``q_out``; [ReLU(K)ᵀV | ΣReLU(K)]
+    added to ``sz`` (d, d + 1). ``kv``: a (≥c, 2d + 1) buffer."""
+    h = F.layer_norm(xc, (f.d,), eps=f.eps1)
+    f.queries(h, q_out)
+    kvc = f.keys_values(h, kv[:xc.shape[0]])
+    sz.addmm_(kvc[:, :f.d].t(), kvc[:, f.d:])
+
+
+class _ChunkWork:
+    """One sample's second pass: the block's output for chunks of events, given its sums."""
+
+    def __init__(self, f: _Fused, sz: Tensor, c0: int, like: Tensor) -> None:
+        d = f.d
+        sz[:, :d] *= f.block
+        self.f, self.num_proj, self.z_heads = f, *f.attention_weights(sz[:, :d], sz[:, d])
+        self.qs, self.den = _chunk_buffers(like, c0, d, f.heads)
+        self.y = like.new_empty(c0, d)
+
+    def __call__(self, xc: Tensor, q: Tensor, out: Tensor) -> None:
+        """out = block(xc) for a chunk xc (c, d) with ReLU(Q) q (c, d); out may be xc or q."""
+        f, c = self.f, xc.shape[0]
+        _normalised_queries(f, q, self.z_heads, self.qs[:c], self.den[:c])
+        yc = torch.addmm(xc, self.qs[:c], self.num_proj, out=self.y[:c])
+        f.ffn_out(f.ffn_hidden(F.layer_norm(yc, (f.d,), eps=f.eps2)), yc, out)
+
+
 def _layer_nograd(layer: ReluFormerLayer, x: Tensor, chunk: int, out: Tensor) -> tuple[Tensor, Tensor]:
     """Chunked no-grad block, sample by sample: one pass accumulates the sums and keeps ReLU(Q)
     (in ``out`` itself unless ``out`` is ``x``); a second writes each chunk's output into ``out``.
@@ -213,26 +293,52 @@ def _layer_nograd(layer: ReluFormerLayer, x: Tensor, chunk: int, out: Tensor) ->
     parts = _chunks(n, chunk)
     c0 = parts[0][1] if parts else 0
     sz = x.new_zeros(bsz, d, d + 1)
-    scratch = x.new_empty(n, d) if out is x else None
+    scratch = _big_empty((n, d), x) if out is x else None
     kv = x.new_empty(c0, 2 * d + 1)
-    qs, den = _chunk_buffers(x, c0, d, f.heads)
-    y = x.new_empty(c0, d)
     for i in range(bsz):
         xi, oi = x[i], out[i]
         phi_q = oi if scratch is None else scratch
         for a, b in parts:
-            h = F.layer_norm(xi[a:b], (d,), eps=f.eps1)
-            torch.addmm(f.bq, h, f.wq.t(), out=phi_q[a:b]).clamp_min_(0)
-            kvc = torch.addmm(f.bkv, h, f.wkv.t(), out=kv[:b - a])
-            sz[i].addmm_(kvc[:, :d].clamp_min_(0).t(), kvc[:, d:])
-        sz[i, :, :d] *= f.block
-        num_proj, z_heads = f.attention_weights(sz[i, :, :d], sz[i, :, d])
+            _sums_chunk(f, xi[a:b], phi_q[a:b], kv, sz[i])
+        work = _ChunkWork(f, sz[i], c0, x)
         for a, b in parts:
-            c = b - a
-            _normalised_queries(f, phi_q[a:b], z_heads, qs[:c], den[:c])
-            yc = torch.addmm(xi[a:b], qs[:c], num_proj, out=y[:c])
-            f.ffn_out(f.ffn_hidden(F.layer_norm(yc, (d,), eps=f.eps2)), yc, oi[a:b])
+            work(xi[a:b], phi_q[a:b], oi[a:b])
     return sz[:, :, :d], sz[:, :, d]
+
+
+def _hidden_nograd(embed: nn.Linear, layers: Sequence[ReluFormerLayer], events: Tensor, chunk: int) -> Tensor:
+    """No-grad embedding and blocks, streamed: the embedding pass also runs the first block's
+    sums pass, and each block's output pass the next block's sums pass, chunk by chunk while the
+    chunk is in cache; the features and ReLU(Q) overwrite their (N, d) buffers in place. Passes
+    over (N, d) data: 1 + L instead of 1 + 2L. Returns the features after the blocks, (B, N, d)."""
+    bsz, n, _ = events.shape
+    parts = _chunks(n, chunk)
+    x = _big_empty((bsz, n, embed.out_features), events)
+    d, c0 = x.shape[-1], parts[0][1] if parts else 0
+    onednn = _use_onednn(x)
+    fs = [_Fused(layer, onednn) for layer in layers]
+    phi_q = _big_empty((n, d), x) if fs else None
+    kv = x.new_empty(c0, 2 * d + 1)
+    w, b0 = embed.weight.t(), embed.bias
+    for i in range(bsz):
+        xi, sz = x[i], x.new_zeros(len(fs), d, d + 1)
+        for a, b in parts:
+            xc = xi[a:b]
+            if b0 is not None:
+                torch.addmm(b0, events[i, a:b], w, out=xc)
+            else:
+                torch.mm(events[i, a:b], w, out=xc)
+            if fs:
+                _sums_chunk(fs[0], xc, phi_q[a:b], kv, sz[0])
+        for li, f in enumerate(fs):
+            work = _ChunkWork(f, sz[li], c0, x)
+            nxt = fs[li + 1] if li + 1 < len(fs) else None
+            for a, b in parts:
+                xc = xi[a:b]
+                work(xc, phi_q[a:b], xc)
+                if nxt is not None:
+                    _sums_chunk(nxt, xc, phi_q[a:b], kv, sz[li + 1])
+    return x
 
 
 def _ln_backward(g: Tensor, x: Tensor, mean: Tensor, rstd: Tensor) -> Tensor:
@@ -251,13 +357,13 @@ def _layer_input_grad(layer: ReluFormerLayer, x: Tensor, s: Tensor, z: Tensor, g
     Pass 2 recomputes keys and values and adds their share. Memory: the (B, N, d) gradient plus
     one chunk's temporaries."""
     bsz, n, d = x.shape
-    f = _Fused(layer, False)
+    f = _Fused(layer, _use_onednn(x))
     heads, dh = f.heads, f.dh
     parts = _chunks(n, chunk)
     c0 = parts[0][1] if parts else 0
-    gx = torch.empty_like(x)
+    gx = _big_empty(x.shape, x)
     qs, den = _chunk_buffers(x, c0, d, heads)
-    gkv = x.new_empty(c0, 2 * d)
+    gkv, qb, kvb = x.new_empty(c0, 2 * d), x.new_empty(c0, d), x.new_empty(c0, 2 * d + 1)
     for i in range(bsz):
         xi, gi, gxi = x[i], gy[i], gx[i]
         num_proj, z_heads = f.attention_weights(s[i], z[i])
@@ -266,11 +372,12 @@ def _layer_input_grad(layer: ReluFormerLayer, x: Tensor, s: Tensor, z: Tensor, g
         for a, b in parts:
             c, xc, g = b - a, xi[a:b], gi[a:b]
             n1, mu1, r1 = torch.native_layer_norm(xc, (d,), None, None, f.eps1)
-            q = torch.addmm(f.bq, n1, f.wq.t()).clamp_min_(0)
+            q = qb[:c]
+            f.queries(n1, q)
             inv = _normalised_queries(f, q, z_heads, qs[:c], den[:c])
             yc = torch.addmm(xc, qs[:c], num_proj)
             n2, mu2, r2 = torch.native_layer_norm(yc, (d,), None, None, f.eps2)
-            pre = torch.addmm(f.b1, n2, f.w1.t())
+            pre = f.ffn_pre(n2)
             ga = torch.ops.aten.gelu_backward(g @ f.w2, pre, approximate=f.approximate)
             gyc = _ln_backward(ga @ f.w1, yc, mu2, r2).add_(g)
             gnum.addmm_(qs[:c, :d].t(), gyc)
@@ -286,8 +393,8 @@ def _layer_input_grad(layer: ReluFormerLayer, x: Tensor, s: Tensor, z: Tensor, g
         for a, b in parts:
             c, xc = b - a, xi[a:b]
             n1, mu1, r1 = torch.native_layer_norm(xc, (d,), None, None, f.eps1)
-            kv = torch.addmm(f.bkv, n1, f.wkv.t())
-            k = kv[:, :d].clamp_min_(0)
+            kv = f.keys_values(n1, kvb[:c])
+            k = kv[:, :d]
             torch.mm(kv[:, d:], gsz.t(), out=gkv[:c, :d]).mul_(k > 0)  # [V | 1] [∂S | ∂z]ᵀ
             torch.mm(k, gs, out=gkv[:c, d:])
             gxi[a:b] += _ln_backward(gkv[:c] @ f.wkv[:2 * d], xc, mu1, r1)
@@ -302,7 +409,7 @@ class _ChunkedLayer(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: Tensor, layer: ReluFormerLayer, chunk: int, *params: Tensor) -> Tensor:
         x = x.contiguous()
-        out = torch.empty_like(x)
+        out = _big_empty(x.shape, x)
         s, z = _layer_nograd(layer, x, chunk, out)
         ctx.layer, ctx.chunk = layer, chunk
         ctx.save_for_backward(x, s, z)
@@ -525,15 +632,7 @@ class ReluFormer(nn.Module):
         self.check_events(events)
         layers = self.layers[:upto] if upto is not None else self.layers
         if not self._needs_grad(events):
-            n, c = events.shape[1], self.chunk_size
-            x = torch.empty(*events.shape[:2], self.embed.out_features, dtype=events.dtype, device=events.device)
-            for a, b in _chunks(n, c):
-                x[:, a:b] = self.embed(events[:, a:b])
-            buf = torch.empty_like(x) if len(layers) else x
-            for layer in layers:  # ping-pong: the output buffer keeps ReLU(Q) until its chunk is written
-                _layer_nograd(layer, x, c, buf)
-                x, buf = buf, x
-            return x
+            return _hidden_nograd(self.embed, layers, events, self.chunk_size)
         x = self.embed(events)
         for layer in layers:
             if x.shape[1] <= self.chunk_size:

@@ -77,6 +77,15 @@ def _module_maths_layer(layer, x, chunk, out):
     return s, z
 
 
+def _module_maths_hidden(embed, layers, events, chunk):
+    """The no-grad features as the modules compute them (the streamed path's oneDNN and out= GEMMs
+    are invisible to FlopCounterMode)."""
+    x = embed(events)
+    for layer in layers:
+        x = layer(x)
+    return x
+
+
 def count_flops(name: str) -> float:
     """Matmul FLOPs of a job at N events (the model's own maths), extrapolated linearly from
     16k and 32k events."""
@@ -84,7 +93,8 @@ def count_flops(name: str) -> float:
     for n in (16384, 32768):
         model = _model(chunk=10**7)  # plain autograd for the gradient: the model's own backward
         ev = torch.randn(1, n, M)
-        with FlopCounterMode(display=False) as fc, mock.patch.object(fcm_model, "_layer_nograd", _module_maths_layer):
+        with (FlopCounterMode(display=False) as fc, mock.patch.object(fcm_model, "_layer_nograd", _module_maths_layer),
+              mock.patch.object(fcm_model, "_hidden_nograd", _module_maths_hidden)):
             if name == "gradient":  # FlopCounterMode cannot follow autograd.grad: the same maths via backward()
                 x = ev.requires_grad_(True)
                 model(x)[..., 1].sum().backward()
