@@ -8,9 +8,9 @@ FFN), kept verbatim; the float64 linear == explicit N×N tests live in test_fcm_
 import pytest
 import torch
 import torch.nn.functional as F
+from xaibench.adapters.fcm.model import _chunks, kv_sums, linear_attend
 
 import xaibench
-from xaibench.adapters.fcm.model import _chunks, kv_sums, linear_attend
 
 
 def previous_layer_nograd(layer, x, chunk, out):
@@ -149,7 +149,7 @@ def test_hand_backward_equals_reference_autograd(b, n, chunk):
             p.requires_grad_(False)
         w = torch.randn(b, n, 2, generator=torch.Generator().manual_seed(5))
         grads = []
-        for fn in (model, lambda x: reference_forward(model, x)):
+        for fn in (model, lambda x, m=model: reference_forward(m, x)):
             x = e.clone().requires_grad_(True)
             grads.append(torch.autograd.grad((fn(x) * w).sum(), x)[0])
         torch.testing.assert_close(grads[0], grads[1], atol=1e-5, rtol=1e-3)

@@ -28,6 +28,7 @@ from xaibench import Batch, register_explainer
 from xaibench.explainers import Explainer, Target, model_guard
 from xaibench.types import Attribution
 
+from . import model as fcm_model
 from .model import check_event_tensor
 
 #: A selection / query rule by name (``"positives"`` is an alias of ``"positive"``).
@@ -366,7 +367,8 @@ class HeadAttention(EventExplainer):
             qmask = self.sample_queries(select_events(rule, predicted, labels, self.name))
             x = model.hidden(inputs, upto=li)
             chunk = getattr(model, "chunk_size", x.shape[1])
-            phi_k = torch.cat([layer.keys(x[:, a:a + chunk]) for a in range(0, x.shape[1], chunk)], 1)
+            phi_k = fcm_model.layer_keys(layer, x, chunk) if isinstance(layer, fcm_model.ReluFormerLayer) else \
+                torch.cat([layer.keys(x[:, a:a + chunk]) for a in range(0, x.shape[1], chunk)], 1)
             scores = torch.stack([
                 attention_received(layer.queries(x[i][qmask[i]][None])[0], phi_k[i], model.n_heads, layer.eps)
                 for i in range(x.shape[0])])

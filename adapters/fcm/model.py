@@ -341,6 +341,23 @@ def _hidden_nograd(embed: nn.Linear, layers: Sequence[ReluFormerLayer], events: 
     return x
 
 
+def layer_keys(layer: ReluFormerLayer, x: Tensor, chunk: int) -> Tensor:
+    """ReLU(K) of a block for events x (B, N, d), no grad, chunk by chunk into one (B, N, d)
+    buffer (the layer norm folded into the key projection); equals ``layer.keys(x)``."""
+    f = _Fused(layer, _use_onednn(x))
+    d = f.d
+    wk, bk = f.wkv[:d], f.bkv[:d]
+    out = _big_empty(x.shape, x)
+    for i in range(x.shape[0]):
+        for a, b in _chunks(x.shape[1], chunk):
+            h = F.layer_norm(x[i, a:b], (d,), eps=f.eps1)
+            if f.onednn:
+                out[i, a:b] = _LINEAR_POINTWISE(h, wk, bk, "relu", [], "")
+            else:
+                torch.addmm(bk, h, wk.t(), out=out[i, a:b]).clamp_min_(0)
+    return out
+
+
 def _ln_backward(g: Tensor, x: Tensor, mean: Tensor, rstd: Tensor) -> Tensor:
     """Input gradient of a layer norm without scale and shift."""
     return torch.ops.aten.native_layer_norm_backward(g, x, (x.shape[-1],), mean, rstd, None, None,
