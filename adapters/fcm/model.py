@@ -306,22 +306,28 @@ def _layer_nograd(layer: ReluFormerLayer, x: Tensor, chunk: int, out: Tensor) ->
     return sz[:, :, :d], sz[:, :, d]
 
 
-def _hidden_nograd(embed: nn.Linear, layers: Sequence[ReluFormerLayer], events: Tensor, chunk: int) -> Tensor:
-    """No-grad embedding and blocks, streamed: the embedding pass also runs the first block's
-    sums pass, and each block's output pass the next block's sums pass, chunk by chunk while the
-    chunk is in cache; the features and ReLU(Q) overwrite their (N, d) buffers in place. Passes
-    over (N, d) data: 1 + L instead of 1 + 2L. Returns the features after the blocks, (B, N, d)."""
+def _stream(embed: nn.Linear, layers: Sequence[ReluFormerLayer], events: Tensor, chunk: int,
+            keep: bool) -> tuple[list[Tensor], Tensor]:
+    """Embedding and blocks without autograd, streamed: the embedding pass also runs the first
+    block's sums pass, and each block's output pass the next block's sums pass, chunk by chunk
+    while the chunk is in cache. Passes over (N, d) data: 1 + L instead of 1 + 2L.
+
+    Returns the features entering each block and after the last ([x_0, ..., x_L], each (B, N, d);
+    with ``keep=False`` one buffer overwritten in place, so only x_L is valid) and each block's
+    sums (L, B, d, d + 1): [ReLU(K)ᵀV masked | ΣReLU(K)]."""
     bsz, n, _ = events.shape
     parts = _chunks(n, chunk)
     x = _big_empty((bsz, n, embed.out_features), events)
     d, c0 = x.shape[-1], parts[0][1] if parts else 0
     onednn = _use_onednn(x)
     fs = [_Fused(layer, onednn) for layer in layers]
+    xs = [x] + [_big_empty(x.shape, x) if keep else x for _ in fs]
     phi_q = _big_empty((n, d), x) if fs else None
     kv = x.new_empty(c0, 2 * d + 1)
+    sums = x.new_zeros(len(fs), bsz, d, d + 1)
     w, b0 = embed.weight.t(), embed.bias
     for i in range(bsz):
-        xi, sz = x[i], x.new_zeros(len(fs), d, d + 1)
+        xi, sz = x[i], sums[:, i]
         for a, b in parts:
             xc = xi[a:b]
             if b0 is not None:
@@ -333,12 +339,40 @@ def _hidden_nograd(embed: nn.Linear, layers: Sequence[ReluFormerLayer], events: 
         for li, f in enumerate(fs):
             work = _ChunkWork(f, sz[li], c0, x)
             nxt = fs[li + 1] if li + 1 < len(fs) else None
+            src, dst = xs[li][i], xs[li + 1][i]
             for a, b in parts:
-                xc = xi[a:b]
-                work(xc, phi_q[a:b], xc)
+                work(src[a:b], phi_q[a:b], dst[a:b])
                 if nxt is not None:
-                    _sums_chunk(nxt, xc, phi_q[a:b], kv, sz[li + 1])
-    return x
+                    _sums_chunk(nxt, dst[a:b], phi_q[a:b], kv, sz[li + 1])
+    return xs, sums
+
+
+def _hidden_nograd(embed: nn.Linear, layers: Sequence[ReluFormerLayer], events: Tensor, chunk: int) -> Tensor:
+    """No-grad features after the blocks (B, N, d), streamed (:func:`_stream`), in one buffer."""
+    return _stream(embed, layers, events, chunk, keep=False)[0][-1]
+
+
+class _StreamedLayers(torch.autograd.Function):
+    """Embedding and blocks with frozen parameters, events -> features (B, N, d): the streamed
+    chunked forward (:func:`_stream`, keeping each block's input) and, backwards, each block's
+    hand-written input gradient (:func:`_layer_input_grad`, in place into one gradient buffer),
+    then the embedding's. Memory: L + 2 (N, d) buffers and a chunk's temporaries."""
+
+    @staticmethod
+    def forward(ctx: Any, events: Tensor, embed: nn.Linear, layers: Sequence[ReluFormerLayer], chunk: int) -> Tensor:
+        xs, sums = _stream(embed, layers, events, chunk, keep=True)
+        ctx.embed, ctx.layers, ctx.chunk = embed, layers, chunk
+        ctx.save_for_backward(sums, *xs[:-1])
+        return xs[-1]
+
+    @staticmethod
+    def backward(ctx: Any, g: Tensor) -> tuple[Tensor | None, ...]:
+        sums, *xs = ctx.saved_tensors
+        d = xs[0].shape[-1]
+        g, out = g.contiguous(), None
+        for li in reversed(range(len(ctx.layers))):
+            g = out = _layer_input_grad(ctx.layers[li], xs[li], sums[li, :, :, :d], sums[li, :, :, d], g, ctx.chunk, out)
+        return g @ ctx.embed.weight, None, None, None
 
 
 def layer_keys(layer: ReluFormerLayer, x: Tensor, chunk: int) -> Tensor:
@@ -364,7 +398,8 @@ def _ln_backward(g: Tensor, x: Tensor, mean: Tensor, rstd: Tensor) -> Tensor:
                                                      [True, False, False])[0]
 
 
-def _layer_input_grad(layer: ReluFormerLayer, x: Tensor, s: Tensor, z: Tensor, gy: Tensor, chunk: int) -> Tensor:
+def _layer_input_grad(layer: ReluFormerLayer, x: Tensor, s: Tensor, z: Tensor, gy: Tensor, chunk: int,
+                      out: Tensor | None = None) -> Tensor:
     """∂(Σ gy · block(x))/∂x for a chunked block, the backward written out by hand (input gradient
     only: the parameters are frozen), in two chunked passes over the events.
 
@@ -378,7 +413,7 @@ def _layer_input_grad(layer: ReluFormerLayer, x: Tensor, s: Tensor, z: Tensor, g
     heads, dh = f.heads, f.dh
     parts = _chunks(n, chunk)
     c0 = parts[0][1] if parts else 0
-    gx = _big_empty(x.shape, x)
+    gx = _big_empty(x.shape, x) if out is None else out  # out may be gy: each chunk is read before written
     qs, den = _chunk_buffers(x, c0, d, heads)
     gkv, qb, kvb = x.new_empty(c0, 2 * d), x.new_empty(c0, d), x.new_empty(c0, 2 * d + 1)
     for i in range(bsz):
@@ -644,12 +679,16 @@ class ReluFormer(nn.Module):
     def hidden(self, events: Tensor, upto: int | None = None) -> Tensor:
         """Event features entering layer ``upto`` (default: after the last layer), (B, N, d).
 
-        Chunked without autograd when no gradient is needed; otherwise plain autograd for
-        N ≤ chunk_size and chunk-recomputing layers above it."""
+        Chunked without autograd when no gradient is needed (streamed, :func:`_stream`). With
+        gradients: plain autograd for N ≤ chunk_size; above it, with every parameter frozen (the
+        explainers' case), the streamed forward and hand-written input-gradient backward
+        (:class:`_StreamedLayers`); otherwise chunk-recomputing layers (:class:`_ChunkedLayer`)."""
         self.check_events(events)
         layers = self.layers[:upto] if upto is not None else self.layers
         if not self._needs_grad(events):
             return _hidden_nograd(self.embed, layers, events, self.chunk_size)
+        if events.shape[1] > self.chunk_size and not any(p.requires_grad for p in self.parameters()):
+            return _StreamedLayers.apply(events, self.embed, layers, self.chunk_size)
         x = self.embed(events)
         for layer in layers:
             if x.shape[1] <= self.chunk_size:
