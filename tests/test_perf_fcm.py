@@ -186,3 +186,28 @@ def test_attention_equals_reference(b, n, chunk):
             ref = torch.stack([attention_received(layer.queries(x[i][q[i]][None])[0], layer.keys(x[i][None])[0],
                                                   model.n_heads, layer.eps) for i in range(b)])
         torch.testing.assert_close(ours, ref, atol=1e-4, rtol=1e-4)
+
+
+def test_parallel_chunk_workers_equal_one_thread():
+    """Chunks on parallel single-threaded workers (torch threads > 1) give the one-thread results
+    (per-chunk partial sums, added in chunk order, whichever worker ran a chunk; the unchunked
+    GEMMs around them may round differently with more threads)."""
+    model, e = _odd_model(300, dead_head=True), _events(2, 2001)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    q = torch.zeros(2, 2001, dtype=torch.bool)
+    q[:, ::9] = True
+    threads, out = torch.get_num_threads(), []
+    try:
+        for t in (1, 3):
+            torch.set_num_threads(t)
+            with torch.inference_mode():
+                fwd = model(e)
+            x = e.clone().requires_grad_(True)
+            grad = torch.autograd.grad(model(x)[..., 1].sum(), x)[0]
+            att = xaibench.create_explainer("fcm.attention", model, queries=q, layer=1).explain(e).values
+            out.append((fwd, grad, att))
+    finally:
+        torch.set_num_threads(threads)
+    for a, b in zip(*out):
+        torch.testing.assert_close(a, b, atol=2e-6, rtol=1e-5)

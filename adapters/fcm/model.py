@@ -21,7 +21,10 @@ Explainable techniques for analyzing flow cytometry cell transformers, 2023.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -235,6 +238,66 @@ class _Fused:
         return torch.cat([s @ self.wp.t(), self.bp[None]]), z[:, None] * self.head_of
 
 
+#: events per chunk of the fused paths at most (whatever ``chunk_size``): a chunk's (c, 4d) feed-forward
+#: temporaries stay near the 2 MiB L2 of a core (4096: 1.1-1.2 s vs 1.5 s for 16384 on a 500k-event
+#: forward, 2 threads; the gradient 3.9-4.4 s vs 4.1 s)
+CACHE_CHUNK = 4096
+_POOLS: dict[int, ThreadPoolExecutor] = {}
+
+
+def _one_thread() -> None:
+    torch.set_num_threads(1)
+
+
+def _for_chunks(fn: Callable[[int], None], n: int, like: Tensor) -> None:
+    """``fn(k)`` for k < n, the chunks of a pass. On the CPU with torch set to T > 1 threads they
+    run on T worker threads, each running its ops single-threaded: a chunk's ops are too small to
+    split across cores (each op of a 2-thread team paid a fork/join, and on a loaded machine a
+    wait for a descheduled thread), whole chunks per core are not. Work stealing (any free worker
+    takes the next chunk); the caller's grad / inference mode holds in the workers."""
+    t = torch.get_num_threads()
+    if t <= 1 or n <= 1 or like.device.type != "cpu":
+        for k in range(n):
+            fn(k)
+        return
+    fresh = t not in _POOLS
+    pool = _POOLS.setdefault(t, ThreadPoolExecutor(t, thread_name_prefix="reluformer", initializer=_one_thread))
+    inference, grad = torch.is_inference_mode_enabled(), torch.is_grad_enabled()
+
+    def run(k: int) -> None:
+        with torch.inference_mode(inference), torch.set_grad_enabled(grad):
+            fn(k)
+
+    try:
+        list(pool.map(run, range(n)))
+    finally:
+        if fresh:  # the workers' set_num_threads(1) also set torch's default for threads it starts later
+            torch.set_num_threads(t)
+
+
+class _PerThread:
+    """Scratch buffers made once per worker thread by ``make()``."""
+
+    def __init__(self, make: Callable[[], Any]) -> None:
+        self.make, self.local = make, threading.local()
+
+    def get(self) -> Any:
+        bufs = getattr(self.local, "bufs", None)
+        if bufs is None:
+            bufs = self.local.bufs = self.make()
+        return bufs
+
+
+def _chunk_scratch(like: Tensor, c: int, d: int, heads: int) -> _PerThread:
+    """Per-thread (c, ·) buffers of the chunked passes: qs [normalised ReLU(Q) | 1], den, y, kv."""
+    def make() -> dict[str, Tensor]:
+        qs = like.new_empty(c, d + 1)
+        qs[:, d] = 1  # the output projection's bias row
+        return {"qs": qs, "den": like.new_empty(c, heads), "y": like.new_empty(c, d),
+                "kv": like.new_empty(c, 2 * d + 1), "q": like.new_empty(c, d), "gkv": like.new_empty(c, 2 * d)}
+    return _PerThread(make)
+
+
 def _normalised_queries(f: _Fused, q: Tensor, z_heads: Tensor, qs: Tensor, den: Tensor) -> Tensor:
     """qs[:, :d] = ReLU(Q) divided per head by its normaliser max(ReLU(Q)·Σ ReLU(K), eps); returns
     the normalisers' reciprocals (c, heads). ``den``: a (c, heads) buffer that keeps the normalisers."""
@@ -243,12 +306,6 @@ def _normalised_queries(f: _Fused, q: Tensor, z_heads: Tensor, qs: Tensor, den: 
     inv = den.clamp_min(f.eps).reciprocal_()
     torch.mul(q.view(c, f.heads, f.dh), inv[:, :, None], out=qs[:, :f.d].view(c, f.heads, f.dh))
     return inv
-
-
-def _chunk_buffers(x: Tensor, c: int, d: int, heads: int) -> tuple[Tensor, Tensor]:
-    qs = x.new_empty(c, d + 1)
-    qs[:, d] = 1  # the output projection's bias row
-    return qs, x.new_empty(c, heads)
 
 
 def _sums_chunk(f: _Fused, xc: Tensor, q_out: Tensor, kv: Tensor, sz: Tensor) -> None:
@@ -261,20 +318,19 @@ def _sums_chunk(f: _Fused, xc: Tensor, q_out: Tensor, kv: Tensor, sz: Tensor) ->
 
 
 class _ChunkWork:
-    """One sample's second pass: the block's output for chunks of events, given its sums."""
+    """One sample's second pass: the block's output for chunks of events, given its sums
+    (``sz`` (d, d + 1), masked in place)."""
 
-    def __init__(self, f: _Fused, sz: Tensor, c0: int, like: Tensor) -> None:
+    def __init__(self, f: _Fused, sz: Tensor) -> None:
         d = f.d
         sz[:, :d] *= f.block
         self.f, self.num_proj, self.z_heads = f, *f.attention_weights(sz[:, :d], sz[:, d])
-        self.qs, self.den = _chunk_buffers(like, c0, d, f.heads)
-        self.y = like.new_empty(c0, d)
 
-    def __call__(self, xc: Tensor, q: Tensor, out: Tensor) -> None:
+    def __call__(self, xc: Tensor, q: Tensor, out: Tensor, bufs: dict[str, Tensor]) -> None:
         """out = block(xc) for a chunk xc (c, d) with ReLU(Q) q (c, d); out may be xc or q."""
         f, c = self.f, xc.shape[0]
-        _normalised_queries(f, q, self.z_heads, self.qs[:c], self.den[:c])
-        yc = torch.addmm(xc, self.qs[:c], self.num_proj, out=self.y[:c])
+        _normalised_queries(f, q, self.z_heads, bufs["qs"][:c], bufs["den"][:c])
+        yc = torch.addmm(xc, bufs["qs"][:c], self.num_proj, out=bufs["y"][:c])
         f.ffn_out(f.ffn_hidden(F.layer_norm(yc, (f.d,), eps=f.eps2)), yc, out)
 
 
@@ -287,22 +343,37 @@ def _layer_nograd(layer: ReluFormerLayer, x: Tensor, chunk: int, out: Tensor) ->
     are folded into the next linear layer; ΣReLU(K) comes out of the ReLU(K)ᵀV GEMM (a constant
     value column); ReLU(Q) is divided by its normaliser first, so the attention numerators, the
     output projection and its bias are one (d + 1, d) matrix per sample; the residual additions
-    are GEMM inputs; GELU and the second residual are fused into oneDNN linear layers (float32)."""
+    are GEMM inputs; GELU and the second residual are fused into oneDNN linear layers (float32).
+    Chunks run on parallel single-threaded workers (:func:`_for_chunks`); the sums are added up
+    per chunk, then over chunks in order (deterministic)."""
     bsz, n, d = x.shape
     f = _Fused(layer, _use_onednn(x))
     parts = _chunks(n, chunk)
-    c0 = parts[0][1] if parts else 0
-    sz = x.new_zeros(bsz, d, d + 1)
-    scratch = _big_empty((n, d), x) if out is x else None
-    kv = x.new_empty(c0, 2 * d + 1)
-    for i in range(bsz):
+    scratch = _chunk_scratch(x, parts[0][1] if parts else 0, d, f.heads)
+    sz, part_sums = x.new_zeros(bsz, d, d + 1), x.new_empty(len(parts), d, d + 1)
+    phi_buf = _big_empty((n, d), x) if out is x else None
+
+    def sample(i: int) -> None:  # one sample's passes (the chunk workers see this call's names)
         xi, oi = x[i], out[i]
-        phi_q = oi if scratch is None else scratch
-        for a, b in parts:
-            _sums_chunk(f, xi[a:b], phi_q[a:b], kv, sz[i])
-        work = _ChunkWork(f, sz[i], c0, x)
-        for a, b in parts:
-            work(xi[a:b], phi_q[a:b], oi[a:b])
+        phi_q = oi if phi_buf is None else phi_buf
+        part_sums.zero_()
+
+        def sums(k: int) -> None:
+            a, b = parts[k]
+            _sums_chunk(f, xi[a:b], phi_q[a:b], scratch.get()["kv"], part_sums[k])
+
+        _for_chunks(sums, len(parts), x)
+        torch.sum(part_sums, 0, out=sz[i])
+        work = _ChunkWork(f, sz[i])
+
+        def outputs(k: int) -> None:
+            a, b = parts[k]
+            work(xi[a:b], phi_q[a:b], oi[a:b], scratch.get())
+
+        _for_chunks(outputs, len(parts), x)
+
+    for i in range(bsz):
+        sample(i)
     return sz[:, :, :d], sz[:, :, d]
 
 
@@ -310,7 +381,8 @@ def _stream(embed: nn.Linear, layers: Sequence[ReluFormerLayer], events: Tensor,
             keep: bool) -> tuple[list[Tensor], Tensor]:
     """Embedding and blocks without autograd, streamed: the embedding pass also runs the first
     block's sums pass, and each block's output pass the next block's sums pass, chunk by chunk
-    while the chunk is in cache. Passes over (N, d) data: 1 + L instead of 1 + 2L.
+    while the chunk is in cache. Passes over (N, d) data: 1 + L instead of 1 + 2L. Chunks run on
+    parallel single-threaded workers (:func:`_for_chunks`).
 
     Returns the features entering each block and after the last ([x_0, ..., x_L], each (B, N, d);
     with ``keep=False`` one buffer overwritten in place, so only x_L is valid) and each block's
@@ -318,32 +390,49 @@ def _stream(embed: nn.Linear, layers: Sequence[ReluFormerLayer], events: Tensor,
     bsz, n, _ = events.shape
     parts = _chunks(n, chunk)
     x = _big_empty((bsz, n, embed.out_features), events)
-    d, c0 = x.shape[-1], parts[0][1] if parts else 0
+    d = x.shape[-1]
     onednn = _use_onednn(x)
     fs = [_Fused(layer, onednn) for layer in layers]
     xs = [x] + [_big_empty(x.shape, x) if keep else x for _ in fs]
     phi_q = _big_empty((n, d), x) if fs else None
-    kv = x.new_empty(c0, 2 * d + 1)
-    sums = x.new_zeros(len(fs), bsz, d, d + 1)
+    scratch = _chunk_scratch(x, parts[0][1] if parts else 0, d, fs[0].heads if fs else 1)
+    sums, part_sums = x.new_zeros(len(fs), bsz, d, d + 1), x.new_empty(len(parts), d, d + 1)
     w, b0 = embed.weight.t(), embed.bias
-    for i in range(bsz):
-        xi, sz = x[i], sums[:, i]
-        for a, b in parts:
+
+    def sample(i: int) -> None:  # one sample's passes (the chunk workers see this call's names)
+        xi = x[i]
+        part_sums.zero_()
+
+        def first(k: int) -> None:
+            a, b = parts[k]
             xc = xi[a:b]
             if b0 is not None:
                 torch.addmm(b0, events[i, a:b], w, out=xc)
             else:
                 torch.mm(events[i, a:b], w, out=xc)
             if fs:
-                _sums_chunk(fs[0], xc, phi_q[a:b], kv, sz[0])
+                _sums_chunk(fs[0], xc, phi_q[a:b], scratch.get()["kv"], part_sums[k])
+
+        _for_chunks(first, len(parts), x)
         for li, f in enumerate(fs):
-            work = _ChunkWork(f, sz[li], c0, x)
+            torch.sum(part_sums, 0, out=sums[li, i])
+            part_sums.zero_()
+            work = _ChunkWork(f, sums[li, i])
             nxt = fs[li + 1] if li + 1 < len(fs) else None
             src, dst = xs[li][i], xs[li + 1][i]
-            for a, b in parts:
-                work(src[a:b], phi_q[a:b], dst[a:b])
+
+            def block(k: int, work: _ChunkWork = work, nxt: _Fused | None = nxt, src: Tensor = src,
+                      dst: Tensor = dst) -> None:
+                a, b = parts[k]
+                bufs = scratch.get()
+                work(src[a:b], phi_q[a:b], dst[a:b], bufs)
                 if nxt is not None:
-                    _sums_chunk(nxt, dst[a:b], phi_q[a:b], kv, sz[li + 1])
+                    _sums_chunk(nxt, dst[a:b], phi_q[a:b], bufs["kv"], part_sums[k])
+
+            _for_chunks(block, len(parts), x)
+
+    for i in range(bsz):
+        sample(i)
     return xs, sums
 
 
@@ -382,13 +471,17 @@ def layer_keys(layer: ReluFormerLayer, x: Tensor, chunk: int) -> Tensor:
     d = f.d
     wk, bk = f.wkv[:d], f.bkv[:d]
     out = _big_empty(x.shape, x)
+    parts = _chunks(x.shape[1], min(chunk, CACHE_CHUNK))
     for i in range(x.shape[0]):
-        for a, b in _chunks(x.shape[1], chunk):
+        def keys(k: int, i: int = i) -> None:
+            a, b = parts[k]
             h = F.layer_norm(x[i, a:b], (d,), eps=f.eps1)
             if f.onednn:
                 out[i, a:b] = _LINEAR_POINTWISE(h, wk, bk, "relu", [], "")
             else:
                 torch.addmm(bk, h, wk.t(), out=out[i, a:b]).clamp_min_(0)
+
+        _for_chunks(keys, len(parts), x)
     return out
 
 
@@ -405,51 +498,63 @@ def _layer_input_grad(layer: ReluFormerLayer, x: Tensor, s: Tensor, z: Tensor, g
 
     Pass 1 recomputes each chunk's queries, attention output and feed-forward input, and
     back-propagates through the feed-forward, the output projection and the normalised queries
-    to the events; it accumulates the gradients of the sample-wide sums (ReLU(K)ᵀV, ΣReLU(K)).
-    Pass 2 recomputes keys and values and adds their share. Memory: the (B, N, d) gradient plus
-    one chunk's temporaries."""
+    to the events; it accumulates the gradients of the sample-wide sums (ReLU(K)ᵀV, ΣReLU(K)),
+    per chunk, then over chunks in order. Pass 2 recomputes keys and values and adds their share.
+    Memory: the (B, N, d) gradient (``out``, may be ``gy``: each chunk is read before it is
+    written) plus one chunk's temporaries per worker (:func:`_for_chunks`)."""
     bsz, n, d = x.shape
     f = _Fused(layer, _use_onednn(x))
     heads, dh = f.heads, f.dh
     parts = _chunks(n, chunk)
-    c0 = parts[0][1] if parts else 0
-    gx = _big_empty(x.shape, x) if out is None else out  # out may be gy: each chunk is read before written
-    qs, den = _chunk_buffers(x, c0, d, heads)
-    gkv, qb, kvb = x.new_empty(c0, 2 * d), x.new_empty(c0, d), x.new_empty(c0, 2 * d + 1)
-    for i in range(bsz):
+    gx = _big_empty(x.shape, x) if out is None else out
+    scratch = _chunk_scratch(x, parts[0][1] if parts else 0, d, heads)
+    gnums, gzhs = x.new_empty(len(parts), d, d), x.new_empty(len(parts), heads, d)
+
+    def sample(i: int) -> None:  # one sample's passes (the chunk workers see this call's names)
         xi, gi, gxi = x[i], gy[i], gx[i]
         num_proj, z_heads = f.attention_weights(s[i], z[i])
         num_t, zr = num_proj[:d].t(), z[i].view(heads, dh)
-        gnum, gzh = x.new_zeros(d, d), x.new_zeros(heads, d)
-        for a, b in parts:
-            c, xc, g = b - a, xi[a:b], gi[a:b]
+
+        def queries_ffn(k: int) -> None:
+            a, b = parts[k]
+            c, xc, g, bufs = b - a, xi[a:b], gi[a:b], scratch.get()
+            qs, den = bufs["qs"][:c], bufs["den"][:c]
             n1, mu1, r1 = torch.native_layer_norm(xc, (d,), None, None, f.eps1)
-            q = qb[:c]
+            q = bufs["q"][:c]
             f.queries(n1, q)
-            inv = _normalised_queries(f, q, z_heads, qs[:c], den[:c])
-            yc = torch.addmm(xc, qs[:c], num_proj)
+            inv = _normalised_queries(f, q, z_heads, qs, den)
+            yc = torch.addmm(xc, qs, num_proj, out=bufs["y"][:c])
             n2, mu2, r2 = torch.native_layer_norm(yc, (d,), None, None, f.eps2)
             pre = f.ffn_pre(n2)
             ga = torch.ops.aten.gelu_backward(g @ f.w2, pre, approximate=f.approximate)
             gyc = _ln_backward(ga @ f.w1, yc, mu2, r2).add_(g)
-            gnum.addmm_(qs[:c, :d].t(), gyc)
+            torch.mm(qs[:, :d].t(), gyc, out=gnums[k])
             gqs = gyc @ num_t
             # through the normalisers: ∂/∂den = -(gqs·q) / den² per head where den was not clamped
-            gden = (gqs * q).view(c, heads, dh).sum(-1).mul_(inv).mul_(inv).neg_().mul_(den[:c] >= f.eps)
+            gden = (gqs * q).view(c, heads, dh).sum(-1).mul_(inv).mul_(inv).neg_().mul_(den >= f.eps)
             gq = gqs.view(c, heads, dh).mul_(inv[:, :, None]).addcmul_(gden[:, :, None], zr).view(c, d)
-            gzh.addmm_(gden.t(), q)
+            torch.mm(gden.t(), q, out=gzhs[k])
             gq.mul_(q > 0)
             gxi[a:b] = _ln_backward(gq @ f.wq, xc, mu1, r1).add_(gyc)
-        gs = (gnum @ f.wp).mul_(f.block)
-        gsz = torch.cat([gs, (gzh * f.head_of.t()).sum(0)[:, None]], 1)  # (d, d + 1): [∂S | ∂z]
-        for a, b in parts:
-            c, xc = b - a, xi[a:b]
+
+        _for_chunks(queries_ffn, len(parts), x)
+        gs = (gnums.sum(0) @ f.wp).mul_(f.block)
+        gsz = torch.cat([gs, (gzhs.sum(0) * f.head_of.t()).sum(0)[:, None]], 1)  # (d, d + 1): [∂S | ∂z]
+
+        def keys_values(k: int) -> None:
+            a, b = parts[k]
+            c, xc, bufs = b - a, xi[a:b], scratch.get()
             n1, mu1, r1 = torch.native_layer_norm(xc, (d,), None, None, f.eps1)
-            kv = f.keys_values(n1, kvb[:c])
-            k = kv[:, :d]
-            torch.mm(kv[:, d:], gsz.t(), out=gkv[:c, :d]).mul_(k > 0)  # [V | 1] [∂S | ∂z]ᵀ
-            torch.mm(k, gs, out=gkv[:c, d:])
-            gxi[a:b] += _ln_backward(gkv[:c] @ f.wkv[:2 * d], xc, mu1, r1)
+            kv = f.keys_values(n1, bufs["kv"][:c])
+            kk, gkv = kv[:, :d], bufs["gkv"][:c]
+            torch.mm(kv[:, d:], gsz.t(), out=gkv[:, :d]).mul_(kk > 0)  # [V | 1] [∂S | ∂z]ᵀ
+            torch.mm(kk, gs, out=gkv[:, d:])
+            gxi[a:b] += _ln_backward(gkv @ f.wkv[:2 * d], xc, mu1, r1)
+
+        _for_chunks(keys_values, len(parts), x)
+
+    for i in range(bsz):
+        sample(i)
     return gx
 
 
@@ -686,9 +791,9 @@ class ReluFormer(nn.Module):
         self.check_events(events)
         layers = self.layers[:upto] if upto is not None else self.layers
         if not self._needs_grad(events):
-            return _hidden_nograd(self.embed, layers, events, self.chunk_size)
+            return _hidden_nograd(self.embed, layers, events, min(self.chunk_size, CACHE_CHUNK))
         if events.shape[1] > self.chunk_size and not any(p.requires_grad for p in self.parameters()):
-            return _StreamedLayers.apply(events, self.embed, layers, self.chunk_size)
+            return _StreamedLayers.apply(events, self.embed, layers, min(self.chunk_size, CACHE_CHUNK))
         x = self.embed(events)
         for layer in layers:
             if x.shape[1] <= self.chunk_size:
