@@ -53,6 +53,7 @@ def fit(model: nn.Module, entry: ZooEntry, seed: int, loss_fn, desc: str) -> flo
     seeded by step, so a resumed run draws the same data as an uninterrupted one)."""
     import os
 
+    from xaibench.checkpoint import load_state, optimizer_state, save_state
     from xaibench.progress import progress_bar
 
     ex = entry.extra
@@ -64,9 +65,9 @@ def fit(model: nn.Module, entry: ZooEntry, seed: int, loss_fn, desc: str) -> flo
     ckpt = os.environ.get("XAIBENCH_ZOO_CHECKPOINT")
     start = 0
     if ckpt and Path(ckpt).exists():
-        state = torch.load(ckpt, weights_only=False)
+        state = load_state(ckpt)
         model.load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
+        opt.load_state_dict(optimizer_state(state["opt"]))
         sched.load_state_dict(state["sched"])
         losses, start = state["losses"], state["step"]
         torch.set_rng_state(state["rng"])
@@ -82,9 +83,8 @@ def fit(model: nn.Module, entry: ZooEntry, seed: int, loss_fn, desc: str) -> flo
             losses.append(float(loss.detach()))
             advance(1)
             if ckpt and (step + 1) % 100 == 0 and step + 1 < ex["steps"]:
-                torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
-                            "losses": losses, "step": step + 1, "rng": torch.get_rng_state()}, ckpt + ".tmp")
-                os.replace(ckpt + ".tmp", ckpt)
+                save_state(ckpt, {"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
+                                  "losses": losses, "step": step + 1, "rng": torch.get_rng_state()})
     model.eval()
     return sum(losses[-50:]) / len(losses[-50:])
 
