@@ -28,9 +28,6 @@ def test_there_are_cards():
 #: is a strict xfail: the reports mark their cells, and a retrained model that reaches its floor
 #: turns the xfail into a failure here, so the entry must then be removed.
 BELOW_FLOOR: dict[str, str] = {
-    "fcm_reluformer_polygon": "test_skill -0.014 < 0.3: the polygon regressor places gates no better than one fixed "
-                              "polygon per gate (a 200-step multi-centre retrain scored -0.26); used by fcm_study, "
-                              "whose report marks it",
     "vit_pre_supervised": "held-out 0.367 on 4 shapes < 0.7 (chance 0.25): 1024 pre-training steps are too few; "
                           "not used by a study directly (its fine-tunes are above their floors)",
 }
