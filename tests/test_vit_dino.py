@@ -4,6 +4,7 @@ that fits the zoo classifier."""
 
 import copy
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -111,3 +112,40 @@ def test_dino_encoder_fits_the_zoo_classifier_and_knn_runs():
     b = xaibench.create_dataset("shape_classes", n=16, batch_size=16, seed=0).all()
     acc = knn_accuracy(dino.encoder, b, b, k=1)
     assert acc == 1.0  # each sample is its own nearest neighbour
+
+
+def _dino_card() -> dict:
+    from xaibench import zoo
+    return zoo.get_entry("vit_pre_dino").card()
+
+
+def test_committed_dino_teacher_targets_did_not_collapse_to_uniform():
+    """The committed vit_pre_dino's teacher targets stayed sharp (the plain tiny-scale recipe went
+    to uniform targets, entropy log 256, within 50 steps)."""
+    m = _dino_card()["metrics"]
+    assert m["teacher_entropy_last_epoch"] < 0.6 * m["uniform_entropy"], m
+
+
+#: Known: the teacher's features do not separate the 4 held-out shapes yet (k-NN at chance after
+#: 1024 steps; the supervised pre-training's own features reach only 0.34). A strict xfail: a
+#: retrained DINO that reaches the floor turns it into a failure, so this mark must then go.
+DINO_BELOW_FLOOR = "teacher k-NN on held-out shapes at chance (0.25) after 16 epochs; floor 0.35 = chance + 0.1"
+
+
+@pytest.mark.xfail(reason=DINO_BELOW_FLOOR, strict=True)
+def test_committed_dino_teacher_separates_held_out_shapes_above_its_floor():
+    """The committed vit_pre_dino (the 'dino' init of vit_study) learned features: its teacher
+    backbone's k-NN accuracy on held-out shapes (labels never used in training) is at or above
+    the floor its card declares, which is clearly above chance."""
+    from xaibench import zoo
+    from xaibench.adapters.vit.models import DINO_KNN_FLOOR, held_out, sample_pool
+    from xaibench.zoo import card_floor
+
+    entry = zoo.get_entry("vit_pre_dino")
+    card = entry.card()
+    fl = card_floor(card)
+    assert (fl.metric, fl.direction, fl.floor, fl.chance) == ("test_knn_accuracy", "higher", DINO_KNN_FLOOR, 0.25)
+    dino = zoo.load("vit_pre_dino").eval()
+    acc = knn_accuracy(dino.encoder, sample_pool(entry.dataset, 1024, entry.seed, "val"), held_out(entry.dataset))
+    assert abs(acc - card["metrics"]["test_knn_accuracy"]) < 1e-6, (acc, card["metrics"])  # same sets, same weights
+    assert fl.floor >= fl.chance + 0.1 and acc >= fl.floor, fl.text()

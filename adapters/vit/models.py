@@ -212,9 +212,9 @@ def train_dino_pretrain(entry: ZooEntry, model: nn.Module, seed: int) -> dict[st
 
 
 #: Floor of the DINO teacher's held-out k-NN accuracy on the 4 shapes (chance 0.25).
-DINO_KNN_FLOOR = 0.3
+DINO_KNN_FLOOR = 0.35
 DINO_KNN_FLOOR_WHY = ("20-NN (cosine) accuracy of the teacher backbone's class token on 512 held-out shape images, "
-                      "1024 validation images as neighbours; 4 balanced-ish classes, chance 0.25")
+                      "1024 validation images as neighbours; 4 classes, chance 0.25; floor = chance + 0.1")
 
 
 register_zoo(ZooEntry(
