@@ -9,8 +9,13 @@ and the N×N matrix is never formed: per sample and layer only the global sums R
 (d×d, block-diagonal over heads) and Σ_j ReLU(K_j) are needed. The forward runs in chunks of
 events: one pass accumulates the sums, a second computes every chunk's attention output and
 feed-forward, so peak memory is O(N·d) (the layer input and output) plus one chunk's
-temporaries. With gradients, each layer is a custom autograd function that recomputes chunks
-in its backward (gradient checkpointing per chunk), so input gradients stay O(N·d) too.
+temporaries. Without autograd the passes are streamed (a block's output pass also runs the next
+block's sums pass), fused (layer norms folded into the next GEMM, GELU and residuals inside
+oneDNN linear layers) and cache-sized, and their chunks run on parallel single-threaded workers.
+With gradients and frozen parameters (the explainers) the input gradient is written out by hand
+and recomputes chunks (:class:`_StreamedLayers`); with trainable parameters each layer is a
+custom autograd function that recomputes chunks through the modules (:class:`_ChunkedLayer`).
+Either way input gradients stay O(N·d).
 
 :func:`xaibench.testing.oracles.explicit_reluformer_forward` is the N×N reference (materialised, row-normalised attention) used
 only in tests.
