@@ -28,6 +28,10 @@ def test_there_are_cards():
 #: is a strict xfail: the reports mark their cells, and a retrained model that reaches its floor
 #: turns the xfail into a failure here, so the entry must then be removed.
 BELOW_FLOOR: dict[str, str] = {
+    "vit_pre_dino": "held-out 20-NN accuracy 0.256 < 0.35 (chance 0.25): the tiny-scale DINO (16 epochs, 1024 steps) "
+                    "did not collapse to one output (teacher entropy 2.3 of 5.5, loss 4.88 -> 3.35) but its features "
+                    "do not separate the 4 shapes; not used by a study directly (its fine-tunes are above their "
+                    "floors, as random-init ones are)",
     "vit_pre_supervised": "held-out 0.367 on 4 shapes < 0.7 (chance 0.25): 1024 pre-training steps are too few; "
                           "not used by a study directly (its fine-tunes are above their floors)",
 }

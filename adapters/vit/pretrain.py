@@ -327,10 +327,12 @@ def train_dino(model: DINO, pool: Batch, *, epochs: int, lr: float, seed: int, b
     params = decay + plain
     opt = torch.optim.AdamW([{"params": decay}, {"params": plain, "weight_decay": 0.0}], lr=lr)
     step, sums = 0, {}
+    from xaibench.checkpoint import load_state, optimizer_state, save_state
+
     if checkpoint and os.path.exists(checkpoint):
-        ck = torch.load(checkpoint, weights_only=False)
+        ck = load_state(checkpoint)
         model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["opt"])
+        opt.load_state_dict(optimizer_state(ck["opt"]))
         g.set_state(ck["generator"])
         step, sums = ck["step"], ck["sums"]
         print(f"{desc}: resumed at step {step} of {n_steps}", flush=True)
@@ -373,10 +375,8 @@ def train_dino(model: DINO, pool: Batch, *, epochs: int, lr: float, seed: int, b
                           f"teacher entropy {sums[f'entropy{ep}'] / sums[f'n{ep}']:.3f} lr {cur_lr:.2e} "
                           f"{time.perf_counter() - t0:.0f}s {extra}", flush=True)
                 if checkpoint and (step % 100 == 0 or step == n_steps):
-                    tmp = checkpoint + ".tmp"
-                    torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "generator": g.get_state(),
-                                "step": step, "sums": sums}, tmp)
-                    os.replace(tmp, checkpoint)
+                    save_state(checkpoint, {"model": model.state_dict(), "opt": opt.state_dict(),
+                                            "generator": g.get_state(), "step": step, "sums": sums})
     model.eval()
 
     def mean(key: str, ep: int) -> float:
