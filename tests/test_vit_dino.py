@@ -149,3 +149,35 @@ def test_committed_dino_teacher_separates_held_out_shapes_above_its_floor():
     acc = knn_accuracy(dino.encoder, sample_pool(entry.dataset, 1024, entry.seed, "val"), held_out(entry.dataset))
     assert abs(acc - card["metrics"]["test_knn_accuracy"]) < 1e-6, (acc, card["metrics"])  # same sets, same weights
     assert fl.floor >= fl.chance + 0.1 and acc >= fl.floor, fl.text()
+
+
+def test_train_dino_resumes_from_its_checkpoint_to_the_same_weights(tmp_path, capsys):
+    from xaibench.adapters.vit.pretrain import train_dino
+    from xaibench.types import Batch
+
+    pool = Batch(inputs=torch.rand(8, 3, 16, 16, generator=torch.Generator().manual_seed(3)),
+                 targets=torch.zeros(8, dtype=torch.long))
+    kw = {"epochs": 6, "lr": 1e-3, "seed": 0, "batch_size": 4}  # 12 steps
+    ref = tiny_dino()
+    train_dino(ref, pool, **kw)
+
+    class Killed(Exception):
+        pass
+
+    def dies_after_7(model, step):
+        if step == 7:
+            raise Killed
+        return ""
+
+    ck = str(tmp_path / "dino.safetensors")
+    with pytest.raises(Killed):
+        train_dino(tiny_dino(), pool, checkpoint=ck, checkpoint_every=5, monitor=dies_after_7, monitor_every=1,
+                   **kw)
+    with open(ck, "rb") as f:
+        assert not f.read(2).startswith((b"PK", b"\x80"))  # no pickle
+    resumed = tiny_dino()
+    capsys.readouterr()
+    train_dino(resumed, pool, checkpoint=ck, checkpoint_every=5, **kw)
+    assert "resumed at step 5 of 12" in capsys.readouterr().out  # it did not simply start again
+    for (n, a), b in zip(ref.state_dict().items(), resumed.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=n)

@@ -295,15 +295,15 @@ def cosine(start: float, end: float, t: float) -> float:
 def train_dino(model: DINO, pool: Batch, *, epochs: int, lr: float, seed: int, batch_size: int = 64,
                momentum: tuple[float, float] = (0.996, 1.0), weight_decay: tuple[float, float] = (0.04, 0.4),
                warmup_epochs: float = 1.0, freeze_last_epochs: float = 1.0, clip: float = 3.0, min_lr: float = 1e-6,
-               checkpoint: str | None = None, monitor: Any = None, monitor_every: int = 0,
-               desc: str = "dino") -> dict[str, Any]:
+               checkpoint: str | None = None, checkpoint_every: int = 100, monitor: Any = None,
+               monitor_every: int = 0, desc: str = "dino") -> dict[str, Any]:
     """Self-distillation pre-training on ``pool.inputs`` (labels unused), seeded, with DINO's schedules:
     learning rate linear warm-up over ``warmup_epochs`` then cosine to ``min_lr``; AdamW weight decay
     (weights only, not norms/biases/tokens) cosine from ``weight_decay[0]`` to ``[1]``; teacher momentum
     cosine from ``momentum[0]`` to ``[1]``; the last head layer frozen for ``freeze_last_epochs``;
     gradient norm clipped at ``clip``.
 
-    ``checkpoint``: a file written every 100 steps and resumed from (the run continues where it stopped,
+    ``checkpoint``: a file written every ``checkpoint_every`` steps and resumed from (the run continues where it stopped,
     same result). ``monitor(model, step) -> dict``, every ``monitor_every`` steps, logs to stdout.
 
     Returns losses and the teacher's mean target entropy (nats; ``log(out_dim)`` = collapsed to
@@ -374,7 +374,7 @@ def train_dino(model: DINO, pool: Batch, *, epochs: int, lr: float, seed: int, b
                     print(f"{desc} step {step}/{n_steps} loss {sums[f'loss{ep}'] / sums[f'n{ep}']:.3f} "
                           f"teacher entropy {sums[f'entropy{ep}'] / sums[f'n{ep}']:.3f} lr {cur_lr:.2e} "
                           f"{time.perf_counter() - t0:.0f}s {extra}", flush=True)
-                if checkpoint and (step % 100 == 0 or step == n_steps):
+                if checkpoint and (step % checkpoint_every == 0 or step == n_steps):
                     save_state(checkpoint, {"model": model.state_dict(), "opt": opt.state_dict(),
                                             "generator": g.get_state(), "step": step, "sums": sums})
     model.eval()
