@@ -11,13 +11,6 @@ from xaibench.adapters.vit.models import DATASETS, INITS
 FINETUNED = [f"vit_{d}_{i}" for d in DATASETS for i in INITS]
 
 
-def untrained(name: str):
-    """Strict xfail for a registered zoo ViT whose weights are not committed yet (the DINO ones:
-    `xaibench zoo train vit_pre_dino`, then each `vit_<set>_dino`); passes once they are."""
-    return pytest.mark.xfail(not zoo.get_entry(name).weights_path.exists(), strict=True,
-                             reason=f"{name}: weights not trained yet; `xaibench zoo train {name}`")
-
-
 def test_zoo_has_every_dataset_and_initialisation():
     names = set(xaibench.list_zoo("vit_*"))
     assert set(FINETUNED) | {"vit_pre_supervised", "vit_pre_mae", "vit_pre_dino"} <= names
@@ -26,7 +19,7 @@ def test_zoo_has_every_dataset_and_initialisation():
         assert e.dataset == DATASETS[n.split("_")[1]] and e.extra["init"] == n.split("_")[2]
 
 
-@pytest.mark.parametrize("name", [pytest.param(n, marks=untrained(n)) for n in FINETUNED])
+@pytest.mark.parametrize("name", FINETUNED)
 def test_committed_weights_load_and_match_the_card(name):
     entry = zoo.get_entry(name)
     # committed package data: a lost file is a failure, not a skip
