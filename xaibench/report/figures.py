@@ -125,38 +125,41 @@ def _in_processes(names: list[str], workers: int, on_figure: Callable[[str], Non
     """Run the figure functions in forked processes. A function whose process dies (a crash in a
     native library) breaks the pool: every function that did not finish then runs again alone in a
     fresh process, so only the culprit is reported as failed."""
+    outcome, lost = _pool_run(names, workers, on_figure)
+    for name in lost:
+        again, died = _pool_run([name], 1, on_figure)
+        outcome.update(again)
+        if died:
+            outcome[name] = ([], (name, "the process drawing this figure died (a crash in native code)"))
+            if on_figure is not None:
+                on_figure(name)
+    return outcome
+
+
+def _pool_run(names: list[str], workers: int, on_figure: Callable[[str], None] | None
+              ) -> tuple[dict[str, tuple[list[tuple[str, str, Path]], tuple[str, str] | None]], list[str]]:
+    """One fork pool over ``names``: the outcomes of those that finished, and (in ``names`` order) those
+    lost to a dead process."""
     import json
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
     from concurrent.futures.process import BrokenProcessPool
 
-    ctx = multiprocessing.get_context("fork")
     outcome: dict[str, tuple[list[tuple[str, str, Path]], tuple[str, str] | None]] = {}
-    batches, alone = [list(names)], False
-    while batches:
-        todo = batches.pop(0)
-        lost: list[str] = []
-        with ProcessPoolExecutor(1 if alone else min(workers, len(todo)), mp_context=ctx,
-                                 initializer=_forked_init) as pool:
-            futures = {pool.submit(_forked_figure, name): name for name in todo}
-            for fut in as_completed(futures):
-                name = futures[fut]
-                try:
-                    d = json.loads(fut.result())
-                except BrokenProcessPool:
-                    if alone:
-                        outcome[name] = ([], (name, "the process drawing this figure died (a crash in native code)"))
-                    else:
-                        lost.append(name)
-                        continue
-                else:
-                    outcome[name] = ([(n, t, Path(p)) for n, t, p in d["figures"]],
-                                     (d["error"][0], d["error"][1]) if d["error"] else None)
-                if on_figure is not None:
-                    on_figure(name)
-        if lost and not alone:
-            batches, alone = [[n] for n in names if n in lost], True
-    return outcome
+    with ProcessPoolExecutor(min(workers, len(names)), mp_context=multiprocessing.get_context("fork"),
+                             initializer=_forked_init) as pool:
+        futures = {pool.submit(_forked_figure, name): name for name in names}
+        for fut in as_completed(futures):
+            name = futures[fut]
+            try:
+                d = json.loads(fut.result())
+            except BrokenProcessPool:
+                continue
+            outcome[name] = ([(n, t, Path(p)) for n, t, p in d["figures"]],
+                             (d["error"][0], d["error"][1]) if d["error"] else None)
+            if on_figure is not None:
+                on_figure(name)
+    return outcome, [n for n in names if n not in outcome]
 
 
 def run_figures(run_dir: Path, results: pd.DataFrame, summary: pd.DataFrame,
