@@ -158,33 +158,41 @@ def plugin_modules(cells: Sequence[Cell]) -> list[str]:
 
 # ----------------------------------------------------------------------------- the worker
 
+class _JobCells:
+    """Runs cells one at a time, keeping the state (model, batches) of the current job while cells of the
+    same job follow; a model that cannot be built fails only the cell that needed it."""
+
+    def __init__(self) -> None:
+        self.key: tuple[Any, ...] | None = None
+        self.state: JobState | None = None
+
+    def run(self, ctx: RunContext, cell: Cell) -> CellResult:
+        t_cell = time.perf_counter()
+        key = (ctx, json.dumps([cell.study.name, cell.model.label, cell.model.identity()], sort_keys=True,
+                               default=str))
+        if key != self.key:
+            self.state, self.key = None, None  # frees the previous job's model (and GPU memory) first
+            try:
+                self.state = JobState(ctx, Job(cell.study.name, cell.model.label, (cell,)))
+                self.key = key
+            except Exception as exc:  # noqa: BLE001 - the model could not be built: this cell fails with why
+                return failed_cell(cell, exc, ctx, t_cell)
+        return execute_cell(self.state, cell, lambda *_: None)
+
+
 class CellWorker:
     """A Ray actor running cells; keeps the state (model, batches) of its current job."""
 
     def __init__(self) -> None:
         from ..registry import load_plugins
         load_plugins()  # at start-up, while the driver hands out the first cells
-        self.key: tuple[Any, ...] | None = None
-        self.state: Any = None
+        self.cells = _JobCells()
 
     def run(self, ctx: dict[str, Any], cell_data: dict[str, Any], imports: Sequence[str] = ()) -> dict[str, Any]:
         """Run one cell; its result as plain data (a failed cell when anything goes wrong)."""
-        from .work import JobState, execute_cell, failed_cell
-
         for mod in imports:  # a user's plugin module registered outside the entry points (cached after once)
             importlib.import_module(mod)
-        run_ctx = RunContext(**ctx)
-        cell = cell_from_data(cell_data)
-        key = (run_ctx, json.dumps([cell.study.name, cell.model.label, cell.model.identity()], sort_keys=True,
-                                   default=str))
-        if key != self.key:
-            self.state, self.key = None, None  # frees the previous job's model (and GPU memory) first
-            try:
-                self.state = JobState(run_ctx, Job(cell.study.name, cell.model.label, (cell,)))
-                self.key = key
-            except Exception as exc:  # noqa: BLE001 - the model could not be built: this cell fails with why
-                return result_to_data(failed_cell(cell, exc, run_ctx, time.perf_counter()))
-        return result_to_data(execute_cell(self.state, cell, lambda *_: None))
+        return result_to_data(self.cells.run(RunContext(**ctx), cell_from_data(cell_data)))
 
     def ping(self) -> int:
         return os.getpid()
@@ -401,23 +409,13 @@ class _DriverCells(threading.Thread):
         self.stop = threading.Event()
 
     def run(self) -> None:
-        state: JobState | None = None
-        key: tuple[str, str] | None = None
+        cells = _JobCells()
         try:
             while not self.stop.is_set():
                 cell = self.dispatch.next("driver", back=True)
                 if cell is None:
                     break
-                t_cell = time.perf_counter()
-                if (cell.study.name, cell.model.label) != key:
-                    state, key = None, None
-                    try:
-                        state = JobState(self.ctx, Job(cell.study.name, cell.model.label, (cell,)))
-                        key = (cell.study.name, cell.model.label)
-                    except Exception as exc:  # noqa: BLE001 - the model could not be built: this cell fails with why
-                        self.results.put(failed_cell(cell, exc, self.ctx, t_cell))
-                        continue
-                self.results.put(execute_cell(state, cell, lambda *_: None))
+                self.results.put(cells.run(self.ctx, cell))
         finally:
             self.dispatch.release("driver")
             self.results.put(None)
