@@ -266,10 +266,18 @@ class ShapeClasses(ROIImages):
     class Settings(ROIImages.Settings):
         radius: tuple[float, float] = (0.1, 0.25)
         """(min, max) shape radius as a fraction of the side."""
+        contrast: tuple[float, float] = (0.15, 0.3)
+        """(min, max) contrast of the shape against the background (its polarity is random)."""
+        background_contrast: Annotated[float, Field(ge=0)] = 1.0
+        """Scale of the background's deviations from grey 0.5 (1 = as drawn, 0 = flat grey)."""
+        polarity: Literal["random", "bright", "dark"] = "random"
+        """Whether the shape is brighter or darker than the background (``random``: either)."""
 
     def draw(self, rng, img, cls):
-        s = img.shape[0]
-        r = rng.uniform(*self.settings.radius) * s
+        s, p = img.shape[0], self.settings
+        if p.background_contrast != 1.0:
+            img = 0.5 + p.background_contrast * (img - 0.5)
+        r = rng.uniform(*p.radius) * s
         cy, cx = rng.uniform(r + 1, s - r - 1, 2)
         yy, xx = grid(s)
         ang = rng.uniform(0, 2 * np.pi)
@@ -285,5 +293,6 @@ class ShapeClasses(ROIImages):
             mask = d * np.cos((t % (2 * np.pi / 3)) - np.pi / 3) <= r * 0.5
         else:
             mask = (d <= r) & (d >= r * 0.55)
-        img = img + rng.choice([-1, 1]) * rng.uniform(0.15, 0.3) * mask + 0.03 * smooth_noise(rng, s, 6) * mask
+        sign = rng.choice([-1, 1]) if p.polarity == "random" else (1 if p.polarity == "bright" else -1)
+        img = img + sign * rng.uniform(*p.contrast) * mask + 0.03 * smooth_noise(rng, s, 6) * mask
         return img, mask, box_of(mask), {}

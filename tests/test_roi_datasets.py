@@ -73,3 +73,24 @@ def test_real_texture_background_and_bad_background():
     assert b.inputs.shape == (2, 3, 64, 64) and bool(torch.isfinite(b.inputs).all())
     with pytest.raises(ValueError, match="background"):
         xaibench.create_dataset("roi_faint", n=1, background="nope").all()
+
+
+def test_shape_classes_settings_polarity_contrast_and_background():
+    """The pre-training regime's knobs do what they say; the defaults draw the same images as before
+    they existed (random polarity, background as drawn)."""
+    plain = xaibench.create_dataset("shape_classes", n=12, seed=2).all()
+    same = xaibench.create_dataset("shape_classes", n=12, seed=2, background_contrast=1.0, polarity="random").all()
+    assert torch.equal(plain.inputs, same.inputs)
+    signs = []
+    for pol in ("bright", "dark", "random"):
+        b = xaibench.create_dataset("shape_classes", n=12, seed=2, polarity=pol, contrast=(0.3, 0.4)).all()
+        g = b.inputs.mean(1)  # grey levels
+        diff = torch.stack([g[i][b.masks[i]].mean() - g[i][~b.masks[i]].mean() for i in range(len(g))])
+        signs.append(set(torch.sign(diff).tolist()))
+    assert signs[0] == {1.0} and signs[1] == {-1.0} and signs[2] == {-1.0, 1.0}
+    flat = xaibench.create_dataset("shape_classes", n=4, seed=2, background_contrast=0.0).all()
+    for x, m in zip(flat.inputs, flat.masks):
+        outside = x[:, ~m]
+        assert float((outside - outside[:, :1]).abs().max()) < 1e-6  # one tinted grey off the shape
+    with pytest.raises(ValueError, match="background_contrast"):
+        xaibench.create_dataset("shape_classes", n=2, background_contrast=-1)

@@ -36,6 +36,29 @@ def test_multi_crop_shapes_seeding_and_content():
     assert all(0 <= float(t.min()) and float(t.max()) <= 1 for t in a + [loc])
 
 
+def test_rotated_crops_turn_the_view_about_its_centre():
+    """``rotate``: a full-image crop of a bar turned by a random angle is the bar at that angle
+    (a rotation of the sampling grid), and off leaves the crops exactly as without the option."""
+    x = torch.zeros(1, 1, 33, 33)
+    x[..., 14:19, 4:29] = 1.0  # a horizontal bar through the centre
+    kw = {"jitter": 0.0, "flip": False}
+    off = random_resized_crops(x, 2, 16, (0.3, 0.9), torch.Generator().manual_seed(5), rotate=False)
+    ref = random_resized_crops(x, 2, 16, (0.3, 0.9), torch.Generator().manual_seed(5))
+    assert all(torch.equal(a, b) for a, b in zip(off, ref))
+    yy, xx = torch.meshgrid(torch.arange(33.0) - 16, torch.arange(33.0) - 16, indexing="ij")
+
+    def axis_angles(rotate: bool) -> torch.Tensor:  # the bar's long axis in each full-image view
+        views = random_resized_crops(x.expand(64, -1, -1, -1), 1, 33, (1.0, 1.0), torch.Generator().manual_seed(6),
+                                     rotate=rotate, **kw)[0][:, 0]
+        w = views / views.sum((1, 2), keepdim=True)
+        cxx, cyy, cxy = (w * xx * xx).sum((1, 2)), (w * yy * yy).sum((1, 2)), (w * xx * yy).sum((1, 2))
+        return 0.5 * torch.atan2(2 * cxy, cxx - cyy)
+
+    assert float(axis_angles(False).abs().max()) < 1e-3  # unrotated views keep the bar horizontal
+    angle = axis_angles(True)
+    assert float(angle.std()) > 0.5 and len(set((angle * 4 / torch.pi).round().tolist())) >= 4
+
+
 def test_teacher_is_an_ema_of_the_student():
     m = tiny_dino()
     t0 = copy.deepcopy(m.encoder.state_dict())

@@ -3,12 +3,13 @@ a fixed held-out set (split "test", never trained or validated on), score at lea
 its card states. A model below its floor would make the study rank maps of noise."""
 
 import functools
+import json
 
 import pytest
 import torch
 
 from xaibench import zoo
-from xaibench.adapters.vit.models import N_TEST, held_out
+from xaibench.adapters.vit.models import N_TEST, data_params, held_out
 from xaibench.runner.config import load_config
 
 #: held-out samples per dataset here (the card's test_accuracy used N_TEST; this is its prefix)
@@ -21,17 +22,14 @@ def study_models() -> list[str]:
 
 
 @functools.cache
-def held_out_set(dataset: str):
-    return held_out(dataset, N_CHECK)
+def held_out_set(dataset: str, params: str = "{}"):
+    return held_out(dataset, N_CHECK, **json.loads(params))
 
 
 #: Study models whose committed weights are known to sit below their floor, with why. Each is a
 #: strict xfail: the study report marks their cells, and a retrained model that reaches its
 #: floor turns the xfail into a failure here, so the entry must then be removed.
-BELOW_FLOOR: dict[str, str] = {
-    "vit_pre_supervised": "held-out 0.36 on 4 shapes (chance 0.25): 1024 steps at batch 32 are too few; "
-                          "8192 samples × 16 epochs at batch 64 is the proposed regime, not trained yet",
-}
+BELOW_FLOOR: dict[str, str] = {}
 
 
 def cases() -> list:
@@ -45,7 +43,7 @@ def test_committed_vit_keeps_its_accuracy_floor(name):
     card = entry.card()["metrics"]
     floor, stated = card["accuracy_floor"], card["test_accuracy"]
     assert 0.5 < floor <= 1.0 and 0.0 <= stated <= 1.0, card
-    test = held_out_set(entry.dataset)
+    test = held_out_set(entry.dataset, json.dumps(data_params(entry), sort_keys=True))
     assert {i.split("/")[1] for i in test.ids} == {"test"}  # not the train/val samples
     model = zoo.load(name)
     with torch.no_grad():

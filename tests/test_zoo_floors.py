@@ -32,8 +32,6 @@ BELOW_FLOOR: dict[str, str] = {
                     "did not collapse to one output (teacher entropy 2.3 of 5.5, loss 4.88 -> 3.35) but its features "
                     "do not separate the 4 shapes; not used by a study directly (its fine-tunes are above their "
                     "floors, as random-init ones are)",
-    "vit_pre_supervised": "held-out 0.367 on 4 shapes < 0.7 (chance 0.25): 1024 pre-training steps are too few; "
-                          "not used by a study directly (its fine-tunes are above their floors)",
 }
 
 

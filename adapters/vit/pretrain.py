@@ -135,7 +135,7 @@ def held_out_mae_loss(model: MaskedAutoencoder, n: int = 512, mask_ratio: float 
 
 def random_resized_crops(images: Tensor, n: int, size: int, scale: tuple[float, float], generator: torch.Generator,
                          flip: bool = True, jitter: float = 0.2, colour: float = 0.0, grey: float = 0.0,
-                         solarize: float = 0.0) -> list[Tensor]:
+                         solarize: float = 0.0, rotate: bool = False) -> list[Tensor]:
     """``n`` random-resized crops of every image, each (B, 3, size, size), seeded by ``generator``.
 
     A crop covers a random share ``scale`` of the image area (aspect ratio 3/4 to 4/3) at a
@@ -156,6 +156,11 @@ def random_resized_crops(images: Tensor, n: int, size: int, scale: tuple[float, 
         sx = torch.where(torch.rand(b, generator=generator) < 0.5, -w, w) if flip else w
         theta = torch.zeros(b, 2, 3)
         theta[:, 0, 0], theta[:, 0, 2], theta[:, 1, 1], theta[:, 1, 2] = sx, cx, h, cy
+        if rotate:  # the view turned by a random angle about its centre
+            a = torch.rand(b, generator=generator) * (2 * math.pi)
+            cos, sin = a.cos(), a.sin()
+            theta[:, 0, 0], theta[:, 0, 1] = sx * cos, -h * sin
+            theta[:, 1, 0], theta[:, 1, 1] = sx * sin, h * cos
         grid = torch.nn.functional.affine_grid(theta, [b, images.shape[1], size, size], align_corners=False)
         crop = torch.nn.functional.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
         gain = 1 + (torch.rand(b, 1, 1, 1, generator=generator) * 2 - 1) * jitter
@@ -224,7 +229,8 @@ class DINO(nn.Module):
     def __init__(self, encoder: nn.Module, out_dim: int = 256, teacher_temp: float = 0.04, student_temp: float = 0.1,
                  center_momentum: float = 0.9, n_global: int = 2, n_local: int = 4,
                  global_scale: tuple[float, float] = (0.4, 1.0), local_scale: tuple[float, float] = (0.1, 0.4),
-                 colour: float = 0.0, grey: float = 0.0, solarize: float = 0.0, head: dict[str, Any] | None = None) -> None:
+                 colour: float = 0.0, grey: float = 0.0, solarize: float = 0.0, rotate: bool = False,
+                 head: dict[str, Any] | None = None) -> None:
         super().__init__()
         import copy
 
@@ -238,12 +244,12 @@ class DINO(nn.Module):
         self.teacher_temp, self.student_temp, self.center_momentum = teacher_temp, student_temp, center_momentum
         self.n_global, self.n_local = n_global, n_local
         self.global_scale, self.local_scale = global_scale, local_scale
-        self.colour, self.grey, self.solarize = colour, grey, solarize
+        self.colour, self.grey, self.solarize, self.rotate = colour, grey, solarize, rotate
 
     def crops(self, images: Tensor, generator: torch.Generator) -> tuple[list[Tensor], list[Tensor]]:
         """(global crops at full size, local crops at half size), each a list of (B, 3, s, s)."""
         size = images.shape[-1]
-        aug = {"colour": self.colour, "grey": self.grey}
+        aug = {"colour": self.colour, "grey": self.grey, "rotate": self.rotate}
         # asymmetric, as in DINO: only the second global view may be solarised
         glob = [random_resized_crops(images, 1, size, self.global_scale, generator, **aug,
                                      solarize=self.solarize if i == 1 else 0.0)[0] for i in range(self.n_global)]
