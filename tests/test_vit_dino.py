@@ -149,29 +149,30 @@ def test_committed_dino_teacher_targets_did_not_collapse_to_uniform():
     assert m["teacher_entropy_last_epoch"] < 0.6 * m["uniform_entropy"], m
 
 
-#: Known: the teacher's features do not separate the 4 held-out shapes yet (k-NN at chance after
-#: 1024 steps; the supervised pre-training's own features reach only 0.34). A strict xfail: a
-#: retrained DINO that reaches the floor turns it into a failure, so this mark must then go.
-DINO_BELOW_FLOOR = "teacher k-NN on held-out shapes at chance (0.25) after 16 epochs; floor 0.35 = chance + 0.1"
-
-
-@pytest.mark.xfail(reason=DINO_BELOW_FLOOR, strict=True)
 def test_committed_dino_teacher_separates_held_out_shapes_above_its_floor():
     """The committed vit_pre_dino (the 'dino' init of vit_study) learned features: its teacher
     backbone's k-NN accuracy on held-out shapes (labels never used in training) is at or above
-    the floor its card declares, which is clearly above chance."""
+    the floor its card declares, which is clearly above chance, and above the same encoder's
+    before pre-training (random features already separate the shapes a little: by size and area)."""
     from xaibench import zoo
-    from xaibench.adapters.vit.models import DINO_KNN_FLOOR, held_out, sample_pool
+    from xaibench.adapters.vit.models import DINO_KNN_FLOOR, data_params, held_out, sample_pool, small_vit
     from xaibench.zoo import card_floor
 
     entry = zoo.get_entry("vit_pre_dino")
     card = entry.card()
     fl = card_floor(card)
     assert (fl.metric, fl.direction, fl.floor, fl.chance) == ("test_knn_accuracy", "higher", DINO_KNN_FLOOR, 0.25)
+    data = data_params(entry)
+    assert card["metrics"]["dataset_params"] == data  # measured on the images it pre-trained on
+    neighbours, test = sample_pool(entry.dataset, 1024, entry.seed, "val", **data), held_out(entry.dataset, **data)
     dino = zoo.load("vit_pre_dino").eval()
-    acc = knn_accuracy(dino.encoder, sample_pool(entry.dataset, 1024, entry.seed, "val"), held_out(entry.dataset))
+    acc = knn_accuracy(dino.encoder, neighbours, test)
     assert abs(acc - card["metrics"]["test_knn_accuracy"]) < 1e-6, (acc, card["metrics"])  # same sets, same weights
     assert fl.floor >= fl.chance + 0.1 and acc >= fl.floor, fl.text()
+    torch.manual_seed(entry.seed)
+    before = knn_accuracy(small_vit(num_classes=0).eval(), neighbours, test)
+    assert abs(before - card["metrics"]["random_init_knn_accuracy"]) < 1e-6
+    assert acc >= before + 0.03, (acc, before)
 
 
 def test_train_dino_resumes_from_its_checkpoint_to_the_same_weights(tmp_path, capsys):

@@ -27,12 +27,7 @@ def test_there_are_cards():
 #: Committed models whose held-out score is known to sit below their card's floor, with why. Each
 #: is a strict xfail: the reports mark their cells, and a retrained model that reaches its floor
 #: turns the xfail into a failure here, so the entry must then be removed.
-BELOW_FLOOR: dict[str, str] = {
-    "vit_pre_dino": "held-out 20-NN accuracy 0.256 < 0.35 (chance 0.25): the tiny-scale DINO (16 epochs, 1024 steps) "
-                    "did not collapse to one output (teacher entropy 2.3 of 5.5, loss 4.88 -> 3.35) but its features "
-                    "do not separate the 4 shapes; not used by a study directly (its fine-tunes are above their "
-                    "floors, as random-init ones are)",
-}
+BELOW_FLOOR: dict[str, str] = {}
 
 
 def _case(p: Path):
