@@ -79,3 +79,24 @@ def test_reader_says_when_there_is_no_floor_or_card():
     assert card_floor({}).status == "no card"
     fl = card_floor({"metrics": {"val_accuracy": 0.5}})
     assert fl.status == "no floor" and fl.score == 0.5
+
+
+def test_training_writes_a_declared_floor_onto_the_card(tmp_path):
+    """A train function may return ``floor`` (a declared {metric, value, direction, chance, why}):
+    ``zoo.train`` writes it as the card's field, next to the metrics, so a lower-is-better floor
+    survives a retrain instead of being added by hand."""
+    from xaibench import zoo
+    from xaibench.zoo import ZOO, ZooEntry, register_zoo
+
+    decl = {"metric": "test_loss", "value": 0.5, "direction": "lower", "chance": 1.0, "why": "toy"}
+    name = "_toy_declared_floor"
+    register_zoo(ZooEntry(name=name, model="cnn.small_resnet", model_params={}, weights_dir=tmp_path,
+                          train=lambda entry, model, seed: {"test_loss": 0.3, "floor": dict(decl)}))
+    try:
+        card = zoo.train(name, out_dir=tmp_path)
+    finally:
+        ZOO.remove(name)
+    assert card["floor"] == decl and "floor" not in card["metrics"]
+    written = json.loads((tmp_path / f"{name}.json").read_text())
+    fl = card_floor(written)
+    assert (fl.metric, fl.direction, fl.status, fl.chance) == ("test_loss", "lower", "ok", 1.0)

@@ -226,7 +226,8 @@ def train(name: str, seed: int | None = None, out_dir: str | Path | None = None)
     torch.manual_seed(seed)
     model = create_model(entry.model, **entry.model_params)
     t0 = time.perf_counter()
-    metrics = entry.train(entry, model, seed)
+    metrics = dict(entry.train(entry, model, seed))
+    floor = metrics.pop("floor", None)  # a declared {metric, value, direction, chance, why} (see card_floor)
     seconds = time.perf_counter() - t0
     out = Path(out_dir) if out_dir else Path(entry.weights_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -239,6 +240,7 @@ def train(name: str, seed: int | None = None, out_dir: str | Path | None = None)
         "seed": seed, "metrics": metrics, "train_seconds": round(seconds, 1),
         "torch": torch.__version__, "python": platform.python_version(),
         "n_parameters": sum(p.numel() for p in model.parameters()),
+        **({"floor": floor} if floor else {}),
     }
     (out / f"{name}.json").write_text(json.dumps(card, indent=2, sort_keys=True, default=str) + "\n")
     return card

@@ -80,8 +80,9 @@ class MaskedAutoencoder(nn.Module):
 
 
 def train_mae(model: MaskedAutoencoder, pool: Batch, *, epochs: int, lr: float, seed: int, mask_ratio: float = 0.75,
-              batch_size: int = 64, desc: str = "mae") -> dict[str, Any]:
-    """Pre-train ``model`` on ``pool.inputs`` (labels unused), AdamW + one-cycle, seeded.
+              batch_size: int = 64, desc: str = "mae", data: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Pre-train ``model`` on ``pool.inputs`` (labels unused), AdamW + one-cycle, seeded; ``data``: the
+    ``shape_classes`` settings of the held-out images the returned ``test_mae_loss`` is measured on.
 
     Returns ``{"mae_loss_first_epoch", "mae_loss_last_epoch", "epochs", "mask_ratio"}``."""
     from xaibench.progress import progress_bar
@@ -110,7 +111,8 @@ def train_mae(model: MaskedAutoencoder, pool: Batch, *, epochs: int, lr: float, 
     model.eval()
     return {"mae_loss_first_epoch": round(losses[0], 4), "mae_loss_last_epoch": round(losses[-1], 4),
             "epochs": epochs, "mask_ratio": mask_ratio,
-            "test_mae_loss": round(held_out_mae_loss(model, mask_ratio=mask_ratio), 4), "mae_loss_floor": MAE_LOSS_FLOOR}
+            "test_mae_loss": round(held_out_mae_loss(model, mask_ratio=mask_ratio, **(data or {})), 4),
+            "mae_loss_floor": MAE_LOSS_FLOOR}
 
 
 #: A pre-trained MAE must reconstruct hidden patches clearly better than chance: its targets are
@@ -119,13 +121,15 @@ MAE_LOSS_FLOOR = 0.85
 
 
 @torch.no_grad()
-def held_out_mae_loss(model: MaskedAutoencoder, n: int = 512, mask_ratio: float = 0.75, seed: int = 0) -> float:
-    """Mean reconstruction loss on the first ``n`` held-out ``shape_classes`` images (split "test")."""
+def held_out_mae_loss(model: MaskedAutoencoder, n: int = 512, mask_ratio: float = 0.75, seed: int = 0,
+                      **params: Any) -> float:
+    """Mean reconstruction loss on the first ``n`` held-out ``shape_classes`` images (split "test";
+    ``params``: the dataset's settings, those the model pre-trained on)."""
     from xaibench import create_dataset
 
     g = torch.Generator().manual_seed(seed)
     total = count = 0.0
-    for batch in create_dataset("shape_classes", n=n, batch_size=128, seed=0, split="test"):
+    for batch in create_dataset("shape_classes", n=n, batch_size=128, seed=0, split="test", **params):
         total += float(model(batch.inputs, mask_ratio, g)) * len(batch)
         count += len(batch)
     return total / count
