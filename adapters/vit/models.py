@@ -285,12 +285,12 @@ REGIMES: dict[str, dict[str, Any]] = {
     "faint": {"n_train": 4096, "epochs": 12, "batch_size": 16},
 }
 LR = {"random": 1e-3, "supervised": 5e-4, "dino": 5e-4, "mae": 1e-3}
-#: Per (dataset, init) exceptions to REGIMES / LR. The DINO encoder is pre-trained to be invariant to
-#: rotation, and roi_thin's label is the crack's orientation: from it, 8 epochs at 5e-4 (0.477
-#: held-out), 8 at 1e-3 (0.496), 8 at 3e-3 and 24 at 1e-3 (0.465 each) all ended predicting one class;
-#: a gentler 1e-4 for 16 epochs learns the orientation (0.967). From the MAE encoder (pre-trained on the
-#: same clean shapes) roi_thin also stayed at chance at 1e-3 × 8 (0.484; 1e-4 × 16: 0.881, 1e-4 × 24:
-#: 0.979, 3e-4 × 16: 0.994), and roi_large reached only 0.809 in 8 epochs (16: 0.951).
+#: Per (dataset, init) exceptions to REGIMES / LR. From the DINO encoder, roi_thin (the crack's
+#: orientation) ended predicting one class after 8 epochs at 5e-4 (0.477 held-out), 8 at 1e-3 (0.496),
+#: 8 at 3e-3 and 24 at 1e-3 (0.465 each); a gentler 1e-4 for 16 epochs learns it (0.967). From the MAE
+#: encoder (no rotation augmentation, so not DINO's rotation invariance alone) roi_thin also stayed at
+#: chance at 1e-3 × 8 (0.484; 1e-4 × 16: 0.881, 1e-4 × 24: 0.979, 3e-4 × 16: 0.994), and roi_large
+#: reached only 0.809 in 8 epochs (16: 0.951).
 OVERRIDES: dict[tuple[str, str], dict[str, Any]] = {
     ("thin", "dino"): {"lr": 1e-4, "epochs": 16},
     ("thin", "mae"): {"lr": 3e-4, "epochs": 16},
