@@ -23,7 +23,8 @@ inherited environment instead of a ``runtime_env`` (two workers' start with torc
 workers from one script: 1.13, 0.99, 0.92x. Single rounds of a ~20 s run swing by more than the
 target's 15% here. With the driver running cells while Ray and its workers start (helpers' processes
 paused by SIGSTOP during the runs): alternating runs 1.21x / 1.09x (without the driver's cells 1.38x /
-1.25x); this file 1.13x (Ray 1 worker 1.07x), once 0.70x with a slow local side.
+1.25x); this file 1.13x (Ray 1 worker 1.07x), once 0.70x with a slow local side. On the quiet machine
+(2026-11-30, nothing else running): 1.14x, 1.11x, 1.03x (Ray 1 worker 1.15x, 1.30x, 1.01x).
 """
 
 import pytest
