@@ -178,7 +178,8 @@ def train_finetune(entry: ZooEntry, model: nn.Module, seed: int) -> dict[str, An
             epochs=ex["epochs"], lr=ex["lr"], weight_decay=0.05, seed=seed, desc=f"zoo train {entry.name}")
     test_acc = evaluate_accuracy(model, [held_out(entry.dataset, **data)])
     return {**metrics, "test_accuracy": test_acc, **({"dataset_params": data} if data else {}),
-            "accuracy_floor": ex["accuracy_floor"], "init": ex["init"], "n_train": ex["n_train"], "lr": ex["lr"], "batch_size": ex.get("batch_size", 64), **info}
+            "accuracy_floor": ex["accuracy_floor"], "init": ex["init"], "n_train": ex["n_train"], "lr": ex["lr"],
+            "batch_size": ex.get("batch_size", 64), **info}
 
 
 def train_supervised_pretrain(entry: ZooEntry, model: nn.Module, seed: int) -> dict[str, Any]:
@@ -187,13 +188,12 @@ def train_supervised_pretrain(entry: ZooEntry, model: nn.Module, seed: int) -> d
 
 
 def train_mae_pretrain(entry: ZooEntry, model: nn.Module, seed: int) -> dict[str, Any]:
-    from .pretrain import train_mae
+    from .pretrain import MAE_LOSS_FLOOR, train_mae
     ex, data = entry.extra, data_params(entry)
     pool = sample_pool(entry.dataset, ex["n_train"], seed, "train", **data)
     with unfused(model):
         out = train_mae(model, pool, epochs=ex["epochs"], lr=ex["lr"], seed=seed, mask_ratio=ex["mask_ratio"],
                         batch_size=ex.get("batch_size", 64), desc=f"zoo train {entry.name}", data=data)
-    from .pretrain import MAE_LOSS_FLOOR
     floor = {"metric": "test_mae_loss", "value": MAE_LOSS_FLOOR, "direction": "lower", "chance": 1.0,
              "why": "masked-patch reconstruction loss on 512 held-out shape images; targets are per-patch "
                     "normalised, so predicting the patch mean scores 1.0"}
@@ -229,7 +229,8 @@ def train_dino_pretrain(entry: ZooEntry, model: nn.Module, seed: int) -> dict[st
     torch.manual_seed(seed)  # the same encoder before pre-training: what DINO's features must beat
     out["random_init_knn_accuracy"] = knn_accuracy(small_vit(num_classes=0), knn_train, knn_test)
     return {**out, "dataset_params": data, "knn_accuracy_floor": DINO_KNN_FLOOR, "chance": 0.25,
-            "floor_why": DINO_KNN_FLOOR_WHY, "n_train": ex["n_train"], **{k: (list(v) if isinstance(v, tuple) else v) for k, v in DINO_SETTINGS.items()}}
+            "floor_why": DINO_KNN_FLOOR_WHY, "n_train": ex["n_train"],
+            **{k: (list(v) if isinstance(v, tuple) else v) for k, v in DINO_SETTINGS.items()}}
 
 
 #: Floor of the DINO teacher's held-out k-NN accuracy on the 4 shapes (chance 0.25).

@@ -313,8 +313,8 @@ def train_dino(model: DINO, pool: Batch, *, epochs: int, lr: float, seed: int, b
     cosine from ``momentum[0]`` to ``[1]``; the last head layer frozen for ``freeze_last_epochs``;
     gradient norm clipped at ``clip``.
 
-    ``checkpoint``: a file written every ``checkpoint_every`` steps and resumed from (the run continues where it stopped,
-    same result). ``monitor(model, step) -> dict``, every ``monitor_every`` steps, logs to stdout.
+    ``checkpoint``: a file written every ``checkpoint_every`` steps and resumed from (the run continues where it
+    stopped, same result). ``monitor(model, step) -> dict``, every ``monitor_every`` steps, logs to stdout.
 
     Returns losses and the teacher's mean target entropy (nats; ``log(out_dim)`` = collapsed to
     uniform) of the first and last epoch."""
